@@ -1,0 +1,3 @@
+from r1proxy.cli import main
+
+raise SystemExit(main())

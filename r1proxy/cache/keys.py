@@ -1,0 +1,89 @@
+"""Cache identity: the one place that decides which requests are "the same".
+
+``cache_key()`` hashes (xxh3-128, version-prefixed) a canonical JSON of the request as it
+is sent upstream: every field that can change the answer, including fields r1proxy does
+not know, minus a short list of known non-output fields. Normalisation is the cheap, safe
+half of semantic dedup: key order and spacing, text-only content arrays vs plain strings,
+CRLF vs LF, and user-configured volatile text (``cache.ignore_patterns``) masked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import xxhash
+
+KEY_VERSION = "r1"
+
+# Fields that never change the model's output: transport, accounting, client bookkeeping.
+NON_OUTPUT_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "cache", "usage"})
+MASK = "\u2400masked"
+
+
+class KeyMaker:
+    """Builds cache keys; compiled once per config (patterns, namespace)."""
+
+    def __init__(self, ignore_patterns: Iterable[str] = (), namespace: str = "") -> None:
+        self.patterns = [re.compile(p) for p in ignore_patterns]
+        self.namespace = namespace
+
+    def canonical(self, upstream: str, body: dict[str, Any], namespace: str = "") -> bytes:
+        """The canonical request JSON a key stands for (what the store keeps beside the answer)."""
+        doc: dict[str, Any] = {}
+        for k, v in body.items():
+            if k in NON_OUTPUT_FIELDS:
+                continue
+            doc[k] = self._messages(v) if k == "messages" and isinstance(v, list) else v
+        ns = namespace or self.namespace
+        head: dict[str, Any] = {"upstream": upstream}
+        if ns:
+            head["namespace"] = ns
+        doc["$r1proxy"] = head
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def key(self, canonical: bytes) -> str:
+        return f"{KEY_VERSION}:{xxhash.xxh3_128_hexdigest(canonical)}"
+
+    def cache_key(self, upstream: str, body: dict[str, Any], namespace: str = "") -> tuple[str, bytes]:
+        """(key, canonical request bytes) for a request body as sent upstream."""
+        canon = self.canonical(upstream, body, namespace)
+        return self.key(canon), canon
+
+    def _text(self, s: str) -> str:
+        if "\r" in s:
+            s = s.replace("\r\n", "\n")
+        for p in self.patterns:
+            s = p.sub(MASK, s)
+        return s
+
+    def _messages(self, messages: list[Any]) -> list[Any]:
+        out = []
+        for m in messages:
+            if not isinstance(m, dict):
+                out.append(m)
+                continue
+            m2 = dict(m)
+            c = m2.get("content")
+            if isinstance(c, str):
+                m2["content"] = self._text(c)
+            elif isinstance(c, list):
+                m2["content"] = self._content_parts(c)
+            out.append(m2)
+        return out
+
+    def _content_parts(self, parts: list[Any]) -> Any:
+        if parts and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                         and set(p) <= {"type", "text", "cache_control"} for p in parts):
+            texts = [self._text(p["text"]) for p in parts]
+            # one text part is the same prompt as a plain string; prompt-cache marks never change output
+            return texts[0] if len(texts) == 1 else {"$texts": texts}
+        norm = []
+        for p in parts:
+            if isinstance(p, dict) and isinstance(p.get("text"), str):
+                p = dict(p, text=self._text(p["text"]))
+                p.pop("cache_control", None)
+            norm.append(p)
+        return norm

@@ -1,0 +1,104 @@
+"""The one error shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+Handlers raise ``ProxyError`` (or a subclass); ``error_middleware`` turns it into an
+OpenAI-shaped JSON response with the right status. Nothing else builds error bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("r1proxy")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class ProxyError(Exception):
+    """An error the client should see as OpenAI-shaped JSON with ``status``."""
+
+    def __init__(self, status: int, message: str, *, type: str | None = None, code: Any = None,
+                 param: str | None = None, metadata: Mapping[str, Any] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        self.code = code
+        self.param = param
+        self.metadata = dict(metadata) if metadata else None
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param,
+                               "code": self.code if self.code is not None else self.status}
+        if self.metadata:
+            err["metadata"] = self.metadata
+        return {"error": err}
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, body=json.dumps(self.body()).encode(),
+                            content_type="application/json", headers=self.headers)
+
+
+def bad_request(message: str, param: str | None = None) -> ProxyError:
+    return ProxyError(400, message, param=param, code="invalid_request")
+
+
+def from_upstream(status: int, payload: Any, upstream: str, headers: Mapping[str, str] | None = None) -> ProxyError:
+    """An upstream error reply kept as it is: same status, message and ``metadata.raw``."""
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(err, dict):
+        msg = str(err.get("message") or f"upstream {upstream} answered {status}")
+        meta = err.get("metadata") if isinstance(err.get("metadata"), dict) else None
+        code = err.get("code", status)
+        etype = err.get("type") if isinstance(err.get("type"), str) else None
+    elif isinstance(err, str):
+        msg, meta, code, etype = err, None, status, None
+    else:
+        msg, meta, code, etype = f"upstream {upstream} answered HTTP {status}", None, status, None
+    return ProxyError(status, msg, type=etype, code=code, metadata=meta, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProxyError as e:
+        return e.response()
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        status = e.status
+        if status == 404:
+            msg = f"Unknown path {request.method} {request.path}"
+        elif status == 405:
+            msg = f"Method {request.method} is not allowed on {request.path}"
+        elif status == 413:
+            msg = "Request body too large (see server.max_request_mb)"
+        else:
+            msg = e.reason or "HTTP error"
+        headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
+        return ProxyError(status, msg, headers=headers).response()
+    except (ConnectionResetError, web.RequestPayloadError):
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return ProxyError(500, "Internal error in r1proxy (see its log)", type="api_error").response()

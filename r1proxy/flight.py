@@ -1,0 +1,275 @@
+"""One upstream call, shared by every identical request in flight (single-flight).
+
+A ``Flight`` runs as its own task: it tries each route (deployments, then fallbacks) with
+bounded retries before the first byte, then reads the reply, normalising and assembling it.
+Followers (the client handlers) read ``items`` as they grow: a late joiner first gets all
+that was emitted so far, then follows live. The task does not depend on any one client,
+so an answer can still be finished and cached after its client left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from .completion import Assembler, Normalizer, not_cacheable
+from .config import ModelConfig, RetryConfig, UpstreamConfig
+from .errors import ProxyError, from_upstream
+from .sse import SSEParser, comment_frame
+from .upstream import UpstreamError, open_response, read_error, read_json, response_headers
+
+log = logging.getLogger("r1proxy")
+
+RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+NO_FALLBACK = frozenset({400, 413, 422})  # the client's own mistake: another route answers the same
+
+
+@dataclass(slots=True)
+class Route:
+    alias: str
+    upstream: UpstreamConfig
+    body: bytes
+    deployment: ModelConfig | None = None
+
+    @property
+    def label(self) -> str:
+        model = self.deployment.model if self.deployment else self.alias
+        return f"{self.upstream.name}/{model}"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the flight learned, for the request log and metrics."""
+
+    route: str = ""
+    attempts: int = 0
+    ttfb: float | None = None
+    generation_id: str = ""
+    upstream_errors: list[str] = field(default_factory=list)
+
+
+class Hooks:
+    """Policy seams the flight calls; the gateway supplies pacing, balancing and accounting."""
+
+    async def before_attempt(self, route: Route) -> Any:  # returns a token passed to after_attempt
+        return None
+
+    def after_attempt(self, route: Route, token: Any, status: int, ttfb: float | None,
+                      retry_after: float | None, payload: Any) -> None:
+        return None
+
+    def skip(self, route: Route) -> str | None:
+        """A reason to skip this route now (cooling down, quota exhausted), or None."""
+        return None
+
+
+def retry_after_s(headers: Any) -> float | None:
+    for name, scale in (("retry-after-ms", 0.001), ("Retry-After", 1.0)):
+        v = headers.get(name) if headers is not None else None
+        if v:
+            try:
+                return max(0.0, float(v) * scale)
+            except ValueError:
+                continue
+    return None
+
+
+class Flight:
+    def __init__(self, key: str, stream: bool) -> None:
+        self.key = key
+        self.stream = stream
+        self.items: list[Any] = []  # normal-form chunk dicts, and bytes for comment frames
+        self.data_count = 0
+        self.started = False  # upstream answered 200: followers may send headers
+        self.finished = False
+        self.error: ProxyError | None = None
+        self.error_in_stream = False  # the error was emitted as an item (after data)
+        self.result: dict[str, Any] | None = None
+        self.cacheable = False
+        self.headers: dict[str, str] = {}
+        self.outcome = Outcome()
+        self.followers = 0
+        self.task: asyncio.Task[None] | None = None
+        self._ev = asyncio.Event()
+
+    def _notify(self) -> None:
+        ev, self._ev = self._ev, asyncio.Event()
+        ev.set()
+
+    async def wait(self, timeout: float | None) -> None:
+        """Wait until something new happens (or timeout); never raises for the timeout."""
+        ev = self._ev
+        try:
+            async with asyncio.timeout(timeout):
+                await ev.wait()
+        except TimeoutError:
+            pass
+
+    def _finish(self) -> None:
+        self.finished = True
+        self._notify()
+
+    async def run(self, session: aiohttp.ClientSession, routes: list[Route], headers: dict[str, str],
+                  retry: RetryConfig, hooks: Hooks, on_done: Callable[[Flight], Awaitable[None]]) -> None:
+        try:
+            await self._run(session, routes, headers, retry, hooks)
+        except asyncio.CancelledError:
+            self.error = self.error or ProxyError(499, "request cancelled", type="cancelled")
+            raise
+        except Exception as e:  # a bug must not leave followers waiting forever
+            log.exception("flight %s failed", self.key)
+            self.error = ProxyError(500, f"Internal error in r1proxy: {type(e).__name__}", type="api_error")
+        finally:
+            self._finish()
+            try:
+                await on_done(self)
+            except Exception:
+                log.exception("flight %s: completion hook failed", self.key)
+
+    async def _run(self, session: aiohttp.ClientSession, routes: list[Route], headers: dict[str, str],
+                   retry: RetryConfig, hooks: Hooks) -> None:
+        t0 = time.monotonic()
+        last: ProxyError | None = None
+        for route in routes:
+            why = hooks.skip(route)
+            if why:
+                self.outcome.upstream_errors.append(f"{route.label}: {why}")
+                last = last or ProxyError(503, f"{route.label} is unavailable: {why}")
+                continue
+            for attempt in range(retry.max_attempts):
+                self.outcome.attempts += 1
+                err, retry_after = await self._attempt(session, route, headers, hooks)
+                if err is None:
+                    return
+                last = err
+                self.outcome.upstream_errors.append(f"{route.label}: {err.status} {err.message[:120]}")
+                if self.data_count:  # bytes reached followers: never retry, never fall back
+                    return self._fail(err)
+                if err.status not in RETRYABLE or attempt + 1 >= retry.max_attempts:
+                    break
+                if retry_after is not None and retry_after > retry.max_retry_after_s:
+                    break  # a long wait: better served by a fallback, or by the client itself
+                delay = min(retry.max_delay_s, retry.base_delay_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+                delay = max(delay, retry_after or 0.0)
+                if time.monotonic() + delay - t0 > retry.max_total_s:
+                    break
+                await asyncio.sleep(delay)
+            if last is not None and last.status in NO_FALLBACK:
+                break
+        self._fail(last or ProxyError(503, "No route could serve this model"))
+
+    def _fail(self, err: ProxyError) -> None:
+        self.error = err
+        if self.started and self.stream:
+            self.error_in_stream = True
+            self.items.append({"error": err.body()["error"], "choices": []})
+        self._notify()
+
+    async def _attempt(self, session: aiohttp.ClientSession, route: Route, headers: dict[str, str],
+                       hooks: Hooks) -> tuple[ProxyError | None, float | None]:
+        up = route.upstream
+        token = await hooks.before_attempt(route)
+        status, ttfb, retry_after, payload = 0, None, None, None
+        t0 = time.monotonic()
+        try:
+            resp = await open_response(session, up, route.body, headers)
+        except UpstreamError as e:
+            hooks.after_attempt(route, token, e.status, None, None, None)
+            return e, None
+        try:
+            ttfb = time.monotonic() - t0
+            status = resp.status
+            retry_after = retry_after_s(resp.headers)
+            ctype = resp.headers.get("Content-Type", "")
+            if status != 200:
+                payload = await read_json(resp, up)
+                err = from_upstream(status, payload, up.name, headers=response_headers(resp.headers))
+                return err, retry_after
+            self.outcome.route = route.label
+            self.outcome.ttfb = ttfb
+            self.outcome.generation_id = resp.headers.get("X-Generation-Id", "")
+            self.headers = response_headers(resp.headers)
+            if "text/event-stream" in ctype:
+                return await self._read_stream(resp, up), None
+            payload = await read_json(resp, up)
+            return self._take_json(payload, up), None
+        except UpstreamError as e:
+            status = e.status
+            return e, None
+        finally:
+            resp.release()
+            hooks.after_attempt(route, token, status, ttfb, retry_after, payload)
+
+    def _take_json(self, payload: Any, up: UpstreamConfig) -> ProxyError | None:
+        if not isinstance(payload, dict) or "error" in payload or not isinstance(payload.get("choices"), list):
+            status = 502
+            err = payload.get("error") if isinstance(payload, dict) else None
+            if isinstance(err, dict) and isinstance(err.get("code"), int) and 400 <= err["code"] < 600:
+                status = err["code"]
+            if err is None:
+                payload = {"error": {"message": f"Upstream {up.name} sent a reply that is not a chat completion"}}
+            return from_upstream(status, payload, up.name)
+        doc = Normalizer.message(payload)
+        self.result = doc
+        self.cacheable = not_cacheable(doc) is None
+        if self.stream:  # a streaming follower of a JSON reply gets a replay of it
+            self.started = True
+        self._notify()
+        return None
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse, up: UpstreamConfig) -> ProxyError | None:
+        parser, norm, asm = SSEParser(), Normalizer(), Assembler()
+        self.started = True
+        self._notify()
+        try:
+            async for data in resp.content.iter_any():
+                events = parser.feed(data)
+                if not events:
+                    continue
+                for ev in events:
+                    if ev.comment is not None:
+                        self.items.append(comment_frame(ev.comment))
+                        continue
+                    if ev.data == "[DONE]":
+                        asm.done = True
+                        continue
+                    try:
+                        chunk = json.loads(ev.data)
+                    except ValueError:
+                        continue  # never relay a non-JSON data line (openai-node would throw)
+                    if not isinstance(chunk, dict):
+                        continue
+                    norm.chunk(chunk)
+                    asm.feed(chunk)
+                    self.items.append(chunk)
+                    self.data_count += 1
+                    if "error" in chunk:
+                        err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
+                        self.error = ProxyError(502, str(err.get("message", "upstream error")), type="upstream_error",
+                                                code=err.get("code"), metadata=err.get("metadata"))
+                        self.error_in_stream = True
+                self._notify()
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            if not self.data_count:
+                return read_error(up, e)
+            self._fail(read_error(up, e))
+            return None
+        if self.error is not None:
+            return None
+        if not asm.done:
+            if not self.data_count:
+                return ProxyError(502, f"Upstream {up.name} closed the stream before sending anything")
+            self._fail(ProxyError(502, f"Upstream {up.name} ended the stream without [DONE]; the answer is "
+                                       "incomplete", type="upstream_error", code="incomplete_stream"))
+            return None
+        self.result = asm.completion()
+        self.cacheable = not_cacheable(self.result) is None
+        return None

@@ -1,0 +1,468 @@
+"""The chat pipeline: validate → route → cache lookup → join or start a flight → reply.
+
+``Gateway`` holds the runtime state of one app (config, cache, flights in progress, policy
+objects) and answers ``/chat/completions``. A hit is rendered from the stored completion in
+the shape the client asked for; a miss follows a ``Flight`` live (SSE) or waits for it (JSON);
+only complete, successful answers are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from . import sse
+from .auth import Auth
+from .cache import CacheEntry, TieredCache
+from .cache.keys import KeyMaker
+from .completion import Renderer, dumps, render_json, render_sse
+from .config import Config, KeyConfig, ModelConfig
+from .errors import ProxyError, bad_request
+from .flight import Flight, Hooks, Route
+from .templates import prepare
+from .upstream import request_headers
+
+log = logging.getLogger("r1proxy")
+
+
+@dataclass(slots=True)
+class CacheControl:
+    lookup: bool = True
+    store: bool = True
+    max_age: float | None = None
+    only_if_cached: bool = False
+    ttl: float | None = None
+    namespace: str = ""
+    stale_ok: bool = True
+
+
+@dataclass(slots=True)
+class Ctx:
+    """One request's facts, filled in as it goes: the request log row and metrics come from it."""
+
+    request_id: str
+    t0: float
+    key_name: str = ""
+    alias: str = ""
+    upstream_model: str = ""
+    stream: bool = False
+    cache: str = "NONE"
+    tier: str = ""
+    status: int = 200
+    error_type: str = ""
+    ttfb: float | None = None
+    route: str = ""
+    cache_key: str = ""
+    request_bytes: int = 0
+    response_bytes: int = 0
+    usage: dict[str, Any] = field(default_factory=dict)
+    generation_id: str = ""
+    cost_saved: float = 0.0
+
+
+def parse_cache_control(header: str | None, body_cache: Any) -> CacheControl:
+    cc = CacheControl()
+    for part in (header or "").split(","):
+        name, _, value = part.strip().partition("=")
+        name = name.strip().lower()
+        if name == "no-cache":
+            cc.lookup, cc.stale_ok = False, False
+        elif name == "no-store":
+            cc.store = False
+        elif name == "only-if-cached":
+            cc.only_if_cached = True
+        elif name in ("max-age", "s-maxage"):
+            try:
+                cc.max_age = max(0.0, float(value.strip().strip('"')))
+            except ValueError:
+                raise bad_request(f"Cache-Control {name} must be a number of seconds") from None
+    if body_cache is not None:
+        if not isinstance(body_cache, dict):
+            raise bad_request("`cache` must be an object such as {\"no-cache\": true}", "cache")
+        if body_cache.get("no-cache"):
+            cc.lookup, cc.stale_ok = False, False
+        if body_cache.get("no-store"):
+            cc.store = False
+        for name, attr in (("ttl", "ttl"), ("s-maxage", "max_age")):
+            if name in body_cache:
+                v = body_cache[name]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                    raise bad_request(f"cache.{name} must be a number of seconds", f"cache.{name}")
+                setattr(cc, attr, float(v))
+        ns = body_cache.get("namespace")
+        if ns is not None:
+            if not isinstance(ns, str):
+                raise bad_request("cache.namespace must be a string", "cache.namespace")
+            cc.namespace = ns
+    return cc
+
+
+def validate(raw: bytes) -> dict[str, Any]:
+    """The request body as a dict, or a 400 that says what is wrong with it."""
+    if not raw:
+        raise bad_request("Request body is empty; expected a JSON object with `model` and `messages`")
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        raise bad_request(f"Request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise bad_request("Request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("`model` is required and must be a non-empty string", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("`messages` is required and must be a non-empty array", "messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise bad_request(f"messages[{i}] must be an object with a string `role`", f"messages[{i}]")
+    if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
+        raise bad_request("`stream` must be true or false", "stream")
+    return body
+
+
+class Gateway:
+    def __init__(self, config: Config, session: aiohttp.ClientSession, cache: TieredCache | None,
+                 hooks: Hooks | None = None) -> None:
+        self.config = config
+        self.session = session
+        self.cache = cache
+        self.hooks = hooks or Hooks()
+        self.keys = KeyMaker(config.cache.ignore_patterns, config.cache.namespace)
+        self.auth = Auth(config.keys)
+        self.aliases = config.aliases()
+        self.flights: dict[str, Flight] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.clock = time.time
+        self.started_at = time.time()
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def deployments(self, name: str, key: KeyConfig) -> tuple[str, list[ModelConfig | None]]:
+        if key.models and name not in key.models:
+            raise ProxyError(403, f"This key may not use model {name!r}", code="model_not_allowed", param="model")
+        deps = self.aliases.get(name)
+        if deps:
+            return name, list(deps)
+        if not self.config.server.allow_unknown_models:
+            known = ", ".join(sorted(self.aliases))
+            raise ProxyError(404, f"Unknown model {name!r}; configured models: {known}", code="model_not_found",
+                             param="model")
+        return name, [None]
+
+    def routes(self, alias: str, deps: list[ModelConfig | None], body: dict[str, Any]) -> list[Route]:
+        out: list[Route] = []
+        for dep in deps:
+            out.append(self._route(alias, dep, body))
+        first = deps[0]
+        for fb in first.fallbacks if first else ():
+            for dep in self.aliases.get(fb, []):
+                out.append(self._route(fb, dep, body))
+        return out
+
+    def _route(self, alias: str, dep: ModelConfig | None, body: dict[str, Any]) -> Route:
+        if dep is None:
+            up = self.config.upstreams[self.config.server.default_upstream]
+            return Route(alias, up, dumps(prepare(body, None, alias)), None)
+        up = self.config.upstreams[dep.upstream]
+        return Route(alias, up, dumps(prepare(body, dep, dep.model)), dep)
+
+    # -- the endpoint ----------------------------------------------------------------------
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        ctx = Ctx(request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16], t0=time.monotonic())
+        try:
+            return await self._chat(request, ctx)
+        except ProxyError as e:
+            ctx.status, ctx.error_type = e.status, e.type
+            raise
+        finally:
+            self.finished(ctx)
+
+    async def _chat(self, request: web.Request, ctx: Ctx) -> web.StreamResponse:
+        key = self.auth.check(request.headers)
+        ctx.key_name = key.name
+        raw = await request.read()
+        ctx.request_bytes = len(raw)
+        body = validate(raw)
+        stream = bool(body.get("stream"))
+        ctx.stream = stream
+        cc = parse_cache_control(request.headers.get("Cache-Control"), body.get("cache"))
+        alias, deps = self.deployments(body["model"], key)
+        ctx.alias = alias
+        first = deps[0]
+        mode = first.reasoning if first else "field"
+        routes = self.routes(alias, deps, body)
+        ctx.upstream_model = first.model if first else alias
+        use_cache = self.cache is not None and self.config.cache.enabled
+        cache_key = ""
+        canonical = b""
+        if use_cache:
+            primary = prepare(body, first, ctx.upstream_model)
+            cache_key, canonical = self.keys.cache_key(routes[0].upstream.name, primary, cc.namespace)
+            ctx.cache_key = cache_key
+            if cc.lookup:
+                hit = await self._lookup(cache_key, cc)
+                if hit is not None:
+                    entry, tier = hit
+                    return await self._serve_hit(request, ctx, entry, tier, stream, mode, "HIT")
+            if cc.only_if_cached:
+                ctx.cache = "MISS"
+                raise ProxyError(504, "Not in cache (Cache-Control: only-if-cached)", code="cache_miss")
+        elif cc.only_if_cached:
+            raise ProxyError(504, "Caching is off (Cache-Control: only-if-cached)", code="cache_miss")
+
+        flight = self.flights.get(cache_key) if cache_key and cc.lookup else None
+        if flight is not None and not flight.finished:
+            ctx.cache = "COALESCED"
+        else:
+            ctx.cache = "MISS" if use_cache and cc.lookup else ("BYPASS" if use_cache else "NONE")
+            flight = self._start(cache_key, stream, routes, request, cc, canonical, ctx)
+        try:
+            if stream:
+                return await self._follow_stream(request, ctx, flight, mode, cc, cache_key)
+            return await self._follow_json(ctx, flight, mode, cc, cache_key)
+        except _Stale as s:
+            return await self._serve_hit(request, ctx, s.entry, "", stream, mode, "STALE")
+        finally:
+            flight.followers -= 1
+            if (flight.followers <= 0 and not flight.finished and flight.task is not None
+                    and not self.config.cache.finish_on_disconnect):
+                flight.task.cancel()  # nobody is listening and we may not finish for the cache
+
+    async def _lookup(self, key: str, cc: CacheControl) -> tuple[CacheEntry, str] | None:
+        assert self.cache is not None
+        entry, tier = await self.cache.get(key)
+        if entry is None:
+            return None
+        now = self.clock()
+        if not entry.fresh(now):
+            return None
+        if cc.max_age is not None and now - entry.created_at > cc.max_age:
+            return None
+        return entry, tier or ""
+
+    def _start(self, key: str, stream: bool, routes: list[Route], request: web.Request, cc: CacheControl,
+               canonical: bytes, ctx: Ctx) -> Flight:
+        flight = Flight(key, stream)
+        headers = request_headers(request.headers, routes[0].upstream)
+
+        async def done(f: Flight) -> None:
+            if key and self.flights.get(key) is f:
+                del self.flights[key]
+            if f.result is not None and f.cacheable and cc.store and self.cache is not None and key:
+                await self._store(key, f, cc, canonical, ctx)
+
+        if key:
+            self.flights[key] = flight
+        flight.task = asyncio.get_running_loop().create_task(
+            flight.run(self.session, routes, headers, self.config.retry, self.hooks, done))
+        self.tasks.add(flight.task)
+        flight.task.add_done_callback(self.tasks.discard)
+        return flight
+
+    async def _store(self, key: str, f: Flight, cc: CacheControl, canonical: bytes, ctx: Ctx) -> None:
+        assert self.cache is not None and f.result is not None
+        doc = f.result
+        now = self.clock()
+        usage = doc.get("usage") or {}
+        details = usage.get("completion_tokens_details") or {}
+        msg = (doc.get("choices") or [{}])[0].get("message") or {}
+        body = dumps(doc)
+        entry = CacheEntry(
+            key=key, completion=doc, created_at=now, expires_at=now + (cc.ttl if cc.ttl is not None
+                                                                        else self.config.cache.ttl),
+            model=ctx.upstream_model, namespace=cc.namespace, request=canonical,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            reasoning_tokens=int(details.get("reasoning_tokens") or 0),
+            cost=float(usage.get("cost") or 0.0), last_hit_at=now,
+            preview_user=_last_user_text(canonical)[:160], preview_answer=str(msg.get("content") or "")[:160],
+            raw_bytes=len(body) + len(canonical))
+        await self.cache.put(entry)
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def _cache_headers(self, ctx: Ctx, tier: str = "", age: float | None = None) -> dict[str, str]:
+        h = {"X-Cache": ctx.cache, "X-Request-Id": ctx.request_id}
+        if ctx.cache_key:
+            h["X-Cache-Key"] = ctx.cache_key
+        if tier:
+            h["X-Cache-Tier"] = tier
+        if age is not None:
+            h["Age"] = str(int(max(0.0, age)))
+        if ctx.route:
+            h["X-R1proxy-Route"] = ctx.route
+        return h
+
+    async def _serve_hit(self, request: web.Request, ctx: Ctx, entry: CacheEntry, tier: str, stream: bool,
+                         mode: str, label: str) -> web.StreamResponse:
+        assert self.cache is not None
+        ctx.cache, ctx.tier = label, tier
+        variant = (mode, stream)
+        body = entry.rendered.get(variant)
+        if body is None:
+            body = render_sse(entry.completion, mode) if stream else render_json(entry.completion, mode, cached=True)
+            entry.rendered[variant] = body
+            self.cache.note_rendered(entry)
+        now = self.clock()
+        await self.cache.touch(entry.key, now)
+        ctx.usage = entry.completion.get("usage") or {}
+        ctx.cost_saved = entry.cost
+        ctx.ttfb = time.monotonic() - ctx.t0
+        ctx.response_bytes = len(body)
+        headers = self._cache_headers(ctx, tier, now - entry.created_at)
+        if label == "STALE":
+            headers["Warning"] = '110 r1proxy "Response is stale"'
+        if stream:
+            headers.update(sse.SSE_HEADERS)
+            return web.Response(body=body, headers=headers)
+        return web.Response(body=body, headers=headers, content_type="application/json")
+
+    async def _follow_json(self, ctx: Ctx, flight: Flight, mode: str, cc: CacheControl,
+                           key: str) -> web.StreamResponse:
+        flight.followers += 1
+        while not flight.finished:
+            await flight.wait(None)
+        self._take_outcome(ctx, flight)
+        if flight.result is None or (flight.error is not None and not flight.result):
+            stale = await self._stale(key, cc)
+            if stale is not None:
+                raise _Stale(stale)
+            raise flight.error or ProxyError(502, "Upstream gave no answer")
+        body = render_json(flight.result, mode)
+        ctx.usage = flight.result.get("usage") or {}
+        ctx.response_bytes = len(body)
+        headers = self._cache_headers(ctx)
+        headers.update(flight.headers)
+        return web.Response(body=body, headers=headers, content_type="application/json")
+
+    async def _follow_stream(self, request: web.Request, ctx: Ctx, flight: Flight, mode: str, cc: CacheControl,
+                             key: str) -> web.StreamResponse:
+        flight.followers += 1
+        loop = asyncio.get_running_loop()
+        early_at = loop.time() + self.config.stream.early_headers_s
+        keepalive = self.config.stream.keepalive_s
+        renderer = Renderer(mode)
+        resp: web.StreamResponse | None = None
+        i = 0
+        replayed = False
+
+        async def open_stream() -> web.StreamResponse:
+            headers = self._cache_headers(ctx)
+            headers.update(flight.headers)
+            headers.update(sse.SSE_HEADERS)
+            r = web.StreamResponse(status=200, headers=headers)
+            await r.prepare(request)
+            return r
+
+        try:
+            while True:
+                items = flight.items
+                if resp is None and (flight.started or (flight.finished and flight.result is not None)):
+                    resp = await open_stream()
+                if resp is not None and i < len(items):
+                    out = []
+                    for item in items[i:]:
+                        if isinstance(item, bytes):
+                            out.append(item)
+                        else:
+                            if ctx.ttfb is None:
+                                ctx.ttfb = time.monotonic() - ctx.t0
+                            out.append(sse.data_frame(dumps(renderer.chunk(item) if mode != "field" else item)))
+                    i = len(items)
+                    data = b"".join(out)
+                    ctx.response_bytes += len(data)
+                    await resp.write(data)
+                    continue
+                if flight.finished:
+                    break
+                now = loop.time()
+                timeout = keepalive if resp is not None else max(0.0, early_at - now)
+                if resp is None and timeout <= 0:
+                    resp = await open_stream()  # headers now: Node's fetch gives up after 300 s without them
+                    await resp.write(sse.KEEPALIVE)
+                    continue
+                before = len(flight.items)
+                await flight.wait(timeout)
+                if resp is not None and len(flight.items) == before and not flight.finished:
+                    await resp.write(sse.KEEPALIVE)
+            self._take_outcome(ctx, flight)
+            if flight.result is not None and flight.data_count == 0 and flight.error is None:
+                # a JSON reply (or a joined non-stream flight) followed by a streaming client: replay it
+                assert resp is not None
+                data = render_sse(flight.result, mode, cached=False)
+                replayed = True
+                ctx.ttfb = ctx.ttfb or (time.monotonic() - ctx.t0)
+                ctx.response_bytes += len(data)
+                await resp.write(data)
+            elif flight.error is not None and not flight.error_in_stream:
+                if resp is None:
+                    stale = await self._stale(key, cc)
+                    if stale is not None:
+                        raise _Stale(stale)
+                    raise flight.error
+                # headers already went out (keep-alives): the error must be a final data event
+                ctx.status, ctx.error_type = flight.error.status, flight.error.type
+                await resp.write(sse.data_frame(dumps(flight.error.body())))
+            elif flight.error is not None:
+                ctx.status, ctx.error_type = flight.error.status, flight.error.type
+            elif not replayed:
+                assert resp is not None
+                await resp.write(sse.DONE)
+            if flight.result is not None:
+                ctx.usage = flight.result.get("usage") or {}
+            assert resp is not None
+            await resp.write_eof()
+            return resp
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            ctx.status, ctx.error_type = 499, "client_closed"
+            if resp is None:
+                raise
+            return resp
+
+    def _take_outcome(self, ctx: Ctx, flight: Flight) -> None:
+        ctx.route = flight.outcome.route
+        ctx.generation_id = flight.outcome.generation_id
+        if ctx.cache != "COALESCED":
+            ctx.ttfb = ctx.ttfb if ctx.ttfb is not None else flight.outcome.ttfb
+
+    async def _stale(self, key: str, cc: CacheControl) -> CacheEntry | None:
+        if not key or self.cache is None or not cc.stale_ok or not self.config.cache.stale_if_error:
+            return None
+        entry, _tier = await self.cache.get(key)
+        if entry is None or self.clock() > entry.expires_at + self.config.cache.stale_if_error:
+            return None
+        return entry
+
+    def finished(self, ctx: Ctx) -> None:
+        """Hook for the request log and metrics (the app wires real ones in)."""
+
+
+class _Stale(Exception):
+    def __init__(self, entry: CacheEntry) -> None:
+        self.entry = entry
+
+
+def _last_user_text(canonical: bytes) -> str:
+    try:
+        doc = json.loads(canonical)
+        for m in reversed(doc.get("messages") or []):
+            if isinstance(m, dict) and m.get("role") == "user":
+                c = m.get("content")
+                if isinstance(c, dict):
+                    c = " ".join(c.get("$texts", []))
+                if isinstance(c, list):
+                    c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
+                return str(c or "")
+    except ValueError:
+        pass
+    return ""

@@ -1,0 +1,214 @@
+"""The core relay: Roo Code-shaped requests through the proxy to the fake OpenRouter."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from tests.conftest import LOCAL_KEY, UPSTREAM_KEY, sdk
+from tests.fake_upstream import Script
+
+AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
+
+
+def roo_body(text: str = "Add a --verbose flag to cli.py", **extra: Any) -> dict[str, Any]:
+    """protocol.md A.6: the body Roo Code's OpenAI Compatible provider sends."""
+    body = {
+        "model": "deepseek-r1",
+        "temperature": 0,
+        "messages": [
+            {"role": "system", "content": "You are Roo, a highly skilled software engineer."},
+            {"role": "user", "content": [
+                {"type": "text", "text": f"<task>\n{text}\n</task>"},
+                {"type": "text", "text": "<environment_details>\n# Current Time\n2026-04-20T10:12:03+02:00\n"
+                                         "</environment_details>"}]},
+        ],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    body.update(extra)
+    return body
+
+
+async def direct(fake_server: Any, body: dict[str, Any]) -> tuple[str, str]:
+    """(content, reasoning) as the SDK reassembles them straight from the fake upstream."""
+    import openai
+
+    api = openai.AsyncOpenAI(base_url=fake_server.base_url, api_key="x", max_retries=0)
+    stream = await api.chat.completions.create(**{**body, "model": "deepseek/deepseek-r1", "stream": True})
+    content, reasoning = [], []
+    async for chunk in stream:
+        for ch in chunk.choices:
+            content.append(ch.delta.content or "")
+            reasoning.append((ch.delta.model_extra or {}).get("reasoning") or "")
+    await api.close()
+    return "".join(content), "".join(reasoning)
+
+
+def sse_events(text: str) -> list[str]:
+    return [line for line in text.split("\n") if line]
+
+
+async def test_health_and_models(proxy: Any) -> None:
+    client = await proxy()
+    r = await client.get("/health")
+    assert r.status == 200
+    assert (await r.json())["status"] == "ok"
+    for path in ("/models", "/v1/models"):
+        r = await client.get(path, headers=AUTH)
+        doc = await r.json()
+        assert doc["object"] == "list"
+        assert {m["id"] for m in doc["data"]} == {"deepseek-r1", "deepseek-r1-free"}
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/v1/chat/completions"])
+async def test_stream_relay_keeps_comments_and_renames_reasoning(proxy: Any, fake_server: Any, path: str) -> None:
+    client = await proxy(cache={"enabled": False})
+    r = await client.post(path, json=roo_body(), headers={**AUTH, "X-Stainless-Lang": "js",
+                                                            "HTTP-Referer": "https://github.com/RooVetGit/Roo-Cline"})
+    assert r.status == 200
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    assert "Content-Encoding" not in r.headers
+    text = await r.text()
+    lines = sse_events(text)
+    assert ": OPENROUTER PROCESSING" in lines
+    assert not any(line.startswith("data: :") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert all(isinstance(c["choices"], list) for c in chunks)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert any(d.get("reasoning_content") for d in deltas)
+    assert not any("reasoning" in d or "reasoning_details" in d for d in deltas)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens"] > 0
+    call = fake_server.calls[-1]
+    assert call.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert not any(h.lower().startswith("x-stainless") for h in call.headers)
+    assert call.json["model"] == "deepseek/deepseek-r1"
+
+
+async def test_sdk_stream_reassembles_upstream_content(proxy: Any, fake_server: Any) -> None:
+    client = await proxy(cache={"enabled": False})
+    api = sdk(client)
+    body = roo_body()
+    stream = await api.chat.completions.create(model=body["model"], messages=body["messages"], stream=True,
+                                               stream_options={"include_usage": True})
+    content, reasoning, usage = [], [], None
+    async for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for ch in chunk.choices:
+            content.append(ch.delta.content or "")
+            reasoning.append((ch.delta.model_extra or {}).get("reasoning_content") or "")
+    await api.close()
+    want_content, want_reasoning = await direct(fake_server, body)
+    assert "".join(content) == want_content and want_content
+    assert "".join(reasoning) == want_reasoning and want_reasoning
+    assert usage is not None and usage.completion_tokens > 0
+
+
+async def test_sdk_json(proxy: Any, fake_server: Any) -> None:
+    client = await proxy(cache={"enabled": False})
+    api = sdk(client)
+    body = roo_body()
+    out = await api.chat.completions.create(model=body["model"], messages=body["messages"])
+    await api.close()
+    msg = out.choices[0].message
+    assert fake_server.calls[-1].json.get("stream") in (None, False)
+    want_content, want_reasoning = await direct(fake_server, {k: v for k, v in body.items() if k != "stream"})
+    assert msg.content == want_content
+    assert msg.model_extra["reasoning_content"] == want_reasoning
+
+
+@pytest.mark.parametrize("raw,param", [
+    (b"not json", None),
+    (b"[1,2]", None),
+    (b"", None),
+    (json.dumps({"model": "deepseek-r1"}).encode(), "messages"),
+    (json.dumps({"model": "deepseek-r1", "messages": []}).encode(), "messages"),
+    (json.dumps({"model": "deepseek-r1", "messages": "hi"}).encode(), "messages"),
+    (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), "model"),
+    (json.dumps({"model": 7, "messages": [{"role": "user", "content": "x"}]}).encode(), "model"),
+])
+async def test_bad_input_gets_openai_error(proxy: Any, fake_server: Any, raw: bytes, param: str | None) -> None:
+    client = await proxy()
+    r = await client.post("/chat/completions", data=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status == 400
+    err = (await r.json())["error"]
+    assert err["type"] == "invalid_request_error" and err["message"]
+    if param:
+        assert err["param"] == param
+    assert fake_server.calls == []
+    r = await client.get("/health")
+    assert r.status == 200
+
+
+async def test_too_large_wrong_method_unknown_path(proxy: Any) -> None:
+    client = await proxy(server={"max_request_mb": 0.01})
+    r = await client.post("/chat/completions", data=b"x" * 20000, headers=AUTH)
+    assert r.status == 413
+    assert (await r.json())["error"]["message"]
+    r = await client.get("/chat/completions", headers=AUTH)
+    assert r.status == 405
+    assert "error" in await r.json()
+    r = await client.get("/nope")
+    assert r.status == 404
+    assert "error" in await r.json()
+
+
+async def test_local_keys(proxy: Any) -> None:
+    client = await proxy(keys=[{"name": "roo", "key": LOCAL_KEY}])
+    r = await client.post("/chat/completions", json=roo_body())
+    assert r.status == 401
+    r = await client.post("/chat/completions", json=roo_body(), headers={"Authorization": "Bearer wrong"})
+    assert r.status == 401
+    err = (await r.json())["error"]
+    assert "roo" not in err["message"]
+    r = await client.post("/chat/completions", json=roo_body(stream=False), headers={"x-api-key": LOCAL_KEY})
+    assert r.status == 200
+
+
+async def test_upstream_error_before_first_byte_kept(proxy: Any, fake_server: Any) -> None:
+    client = await proxy(cache={"enabled": False}, retry={"max_attempts": 1})
+    fake_server.script(Script(status=402, message="Insufficient credits"))
+    r = await client.post("/chat/completions", json=roo_body(), headers=AUTH)
+    assert r.status == 402
+    err = (await r.json())["error"]
+    assert err["message"] == "Insufficient credits"
+
+
+async def test_connection_refused_is_502_and_names_upstream(proxy: Any) -> None:
+    from tests.fake_upstream import unused_port
+
+    client = await proxy(upstreams={"openrouter": {"base_url": f"http://127.0.0.1:{unused_port()}/api/v1"}},
+                         retry={"max_attempts": 1})
+    r = await client.post("/chat/completions", json=roo_body(), headers=AUTH)
+    assert r.status == 502
+    text = await r.text()
+    assert "openrouter" in text and UPSTREAM_KEY not in text
+
+
+async def test_timeout_is_504(proxy: Any, fake_server: Any) -> None:
+    client = await proxy(upstreams={"openrouter": {"first_byte_timeout": 0.2}}, retry={"max_attempts": 1})
+    fake_server.script(Script(delay_first_byte=1.0))
+    r = await client.post("/chat/completions", json=roo_body(stream=False), headers=AUTH)
+    assert r.status == 504
+    assert "openrouter" in (await r.json())["error"]["message"]
+
+
+async def test_upstream_key_never_leaks(proxy: Any, fake_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = await proxy(retry={"max_attempts": 1})
+    seen = []
+    for script in (Script(), Script(status=401, message="bad key"), Script(mid_stream_error=2),
+                   Script(drop_after=2)):
+        fake_server.script(script)
+        r = await client.post("/chat/completions", json=roo_body(text=f"leak {len(seen)}"), headers=AUTH)
+        seen.append(await r.text())
+        seen.append(str(dict(r.headers)))
+    r = await client.get("/models", headers=AUTH)
+    seen.append(await r.text())
+    assert not any(UPSTREAM_KEY in s for s in seen)
+    assert UPSTREAM_KEY not in caplog.text
