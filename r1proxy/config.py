@@ -128,6 +128,10 @@ class ModelConfig:
     output_usd_per_mtok: float = 0.0
 
 
+# Roo Code's <environment_details> carries a "# Current Time" section that changes every request
+ROO_CURRENT_TIME = r"(?m)^# Current Time\n(?:.+\n?)*"
+
+
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
     enabled: bool = True
@@ -137,7 +141,7 @@ class CacheConfig:
     stale_if_error: float = 86400.0
     finish_on_disconnect: bool = True
     count_hits_in_rate_limit: bool = False
-    ignore_patterns: tuple[str, ...] = (r"(?m)^# Current Time\n.*$",)
+    ignore_patterns: tuple[str, ...] = (ROO_CURRENT_TIME,)
     namespace: str = ""
 
 
@@ -158,10 +162,14 @@ class RetryConfig:
     failures_to_cooldown: int = 3
 
 
+R1_OVERRIDES = {"temperature": 0.6, "top_p": 0.95}  # DeepSeek's recommendation; Roo sends 0
+
+
 def _default_models() -> tuple[ModelConfig, ...]:
+    r1 = {"overrides": R1_OVERRIDES, "system_prompt": "merge-into-user"}
     return (
-        ModelConfig(name="deepseek-r1", model="deepseek/deepseek-r1"),
-        ModelConfig(name="deepseek-r1-free", model="deepseek/deepseek-r1:free", rpm=20),
+        ModelConfig(name="deepseek-r1", model="deepseek/deepseek-r1", **r1),  # type: ignore[arg-type]
+        ModelConfig(name="deepseek-r1-free", model="deepseek/deepseek-r1:free", rpm=20, **r1),  # type: ignore[arg-type]
     )
 
 

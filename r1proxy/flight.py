@@ -82,6 +82,20 @@ def retry_after_s(headers: Any) -> float | None:
     return None
 
 
+def is_daily_quota(err: ProxyError) -> bool:
+    return err.status == 429 and "per-day" in err.message
+
+
+def explain(err: ProxyError, route: Route) -> ProxyError:
+    """Add what the user can do about well-known upstream errors."""
+    if is_daily_quota(err):
+        err.headers["x-should-retry"] = "false"  # the SDK would retry twice for nothing
+    elif err.status == 404 and "tool use" in err.message:
+        err.message += (f" (r1proxy: this model has no endpoint with tool support; set tools = \"strip\" "
+                        f"for model alias {route.alias!r} in config.toml, or pick a model that supports tools)")
+    return err
+
+
 class Flight:
     def __init__(self, key: str, stream: bool) -> None:
         self.key = key
@@ -191,7 +205,8 @@ class Flight:
             ctype = resp.headers.get("Content-Type", "")
             if status != 200:
                 payload = await read_json(resp, up)
-                err = from_upstream(status, payload, up.name, headers=response_headers(resp.headers))
+                err = explain(from_upstream(status, payload, up.name, headers=response_headers(resp.headers)),
+                              route)
                 return err, retry_after
             self.outcome.route = route.label
             self.outcome.ttfb = ttfb
