@@ -33,12 +33,13 @@ def roo_body(text: str = "Add a --verbose flag to cli.py", **extra: Any) -> dict
     return body
 
 
-async def direct(fake_server: Any, body: dict[str, Any]) -> tuple[str, str]:
-    """(content, reasoning) as the SDK reassembles them straight from the fake upstream."""
+async def direct(fake_server: Any) -> tuple[str, str]:
+    """(content, reasoning) the SDK reassembles when the last upstream call is sent straight to the fake."""
     import openai
 
+    body = fake_server.calls[-1].json
     api = openai.AsyncOpenAI(base_url=fake_server.base_url, api_key="x", max_retries=0)
-    stream = await api.chat.completions.create(**{**body, "model": "deepseek/deepseek-r1", "stream": True})
+    stream = await api.chat.completions.create(**{**body, "stream": True})
     content, reasoning = [], []
     async for chunk in stream:
         for ch in chunk.choices:
@@ -103,7 +104,7 @@ async def test_sdk_stream_reassembles_upstream_content(proxy: Any, fake_server: 
             content.append(ch.delta.content or "")
             reasoning.append((ch.delta.model_extra or {}).get("reasoning_content") or "")
     await api.close()
-    want_content, want_reasoning = await direct(fake_server, body)
+    want_content, want_reasoning = await direct(fake_server)
     assert "".join(content) == want_content and want_content
     assert "".join(reasoning) == want_reasoning and want_reasoning
     assert usage is not None and usage.completion_tokens > 0
@@ -117,7 +118,7 @@ async def test_sdk_json(proxy: Any, fake_server: Any) -> None:
     await api.close()
     msg = out.choices[0].message
     assert fake_server.calls[-1].json.get("stream") in (None, False)
-    want_content, want_reasoning = await direct(fake_server, {k: v for k, v in body.items() if k != "stream"})
+    want_content, want_reasoning = await direct(fake_server)
     assert msg.content == want_content
     assert msg.model_extra["reasoning_content"] == want_reasoning
 
