@@ -1,0 +1,143 @@
+"""Logging setup: the "r1proxy" logger to stderr, as plain ``ts LEVEL msg k=v`` lines or JSON lines.
+
+Owns the two formatters, the one-line-per-request access log and the redaction every
+structured field passes through: field names that suggest credentials are dropped, and values
+that look like API keys are masked, so no code path can log a secret or a prompt by accident.
+Structured fields travel on the record as ``extra={FIELDS_ATTR: {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import IO, Any
+
+FIELDS_ATTR = "r1proxy_fields"
+REDACTED = "[redacted]"
+ACCESS_FIELDS = ("request_id", "key_name", "alias", "model", "status", "cache", "tier",
+                 "latency_ms", "ttfb_ms", "tokens", "bytes")
+# Exact names that contain a deny-listed word but are known to carry no secret.
+_SAFE_NAMES = frozenset({"key_name", "cache_key"})
+_DENY_NAME = re.compile(r"key|auth|secret|passw|cookie|credential|bearer|^token$|_token$", re.IGNORECASE)
+_PROMPT_NAMES = frozenset({"prompt", "prompts", "messages", "content", "body", "request_body",
+                           "response_body", "system_prompt"})
+_SECRET_VALUE = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}|\bBearer\s+\S{8,}", re.IGNORECASE)
+_MAX_VALUE_CHARS = 256
+_RESERVED = frozenset({"ts", "level", "logger", "msg", "exc"})
+_HANDLER_MARK = "_r1proxy_handler"
+
+
+def redact(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy safe to log: secret-named fields, prompt text and None dropped; secret-looking values masked."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        lname = name.lower()
+        if lname not in _SAFE_NAMES and _DENY_NAME.search(lname):
+            continue
+        if lname in _PROMPT_NAMES and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            continue  # a count named "prompt" is fine; text under that name never is
+        if isinstance(value, str):
+            if _SECRET_VALUE.search(value):
+                value = REDACTED
+            elif len(value) > _MAX_VALUE_CHARS:
+                value = value[:_MAX_VALUE_CHARS] + "…"
+        elif not isinstance(value, (int, float, bool)):
+            value = redact(value) if isinstance(value, Mapping) else _plain_value(value)
+        out[name] = value
+    return out
+
+
+def _plain_value(value: Any) -> str:
+    text = str(value)
+    if _SECRET_VALUE.search(text):
+        return REDACTED
+    return text if len(text) <= _MAX_VALUE_CHARS else text[:_MAX_VALUE_CHARS] + "…"
+
+
+def _kv(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if value == value else "nan"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Mapping):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    text = str(value)
+    # Quote anything that would break "k=v k=v" parsing or the one-line-per-event rule.
+    if not text or any(c.isspace() or c in '="\\' for c in text) or not text.isprintable():
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def access_line(fields: Mapping[str, Any]) -> str:
+    """``k=v k=v`` for the redacted fields, in the order given; never contains a newline."""
+    return " ".join(f"{k}={_kv(v)}" for k, v in redact(fields).items())
+
+
+def _utc(created: float) -> str:
+    ms = int(created * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{ms:03d}Z"
+
+
+def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
+    fields = getattr(record, FIELDS_ATTR, None)
+    return fields if isinstance(fields, Mapping) else {}
+
+
+class PlainFormatter(logging.Formatter):
+    """``2026-11-25T12:00:00.000Z INFO msg k=v …``; tracebacks follow on their own lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_utc(record.created)} {record.levelname} {record.getMessage()}"
+        extra = access_line(_fields(record))
+        if extra:
+            line += " " + extra
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, then the redacted fields (exc if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {"ts": _utc(record.created), "level": record.levelname,
+                               "logger": record.name, "msg": record.getMessage()}
+        for k, v in redact(_fields(record)).items():
+            obj[f"field_{k}" if k in _RESERVED else k] = v
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+def setup_logging(fmt: str, level: int | str = logging.INFO, *,
+                  stream: IO[str] | None = None) -> logging.Logger:
+    """Log "r1proxy" (and aiohttp warnings) to stderr in ``fmt``; safe to call again on reload."""
+    if fmt not in ("plain", "json"):
+        raise ValueError(f'log format must be "plain" or "json", got {fmt!r}')
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
+    setattr(handler, _HANDLER_MARK, True)
+    root = logging.getLogger("r1proxy")
+    # aiohttp.access stays below WARNING and so silent: log_request() writes the access line.
+    for name, lvl in (("r1proxy", level), ("aiohttp", logging.WARNING)):
+        lg = logging.getLogger(name)
+        for old in [h for h in lg.handlers if getattr(h, _HANDLER_MARK, False)]:
+            lg.removeHandler(old)
+        lg.addHandler(handler)
+        lg.setLevel(lvl)
+        lg.propagate = False
+    return root
+
+
+def log_request(logger: logging.Logger, fields: Mapping[str, Any]) -> None:
+    """Emit the one access line for a finished request (redacted; prompts and secrets never appear)."""
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("request", extra={FIELDS_ATTR: fields})

@@ -1,0 +1,127 @@
+"""Logging: plain and JSON line shapes, one line per request, and redaction of secrets and prompts."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from r1proxy.logsetup import REDACTED, access_line, log_request, redact, setup_logging
+
+SECRET = "sk-or-v1-0123456789abcdef0123456789abcdef"
+REQUEST = {"request_id": "r-1", "key_name": "laptop", "alias": "deepseek-r1", "status": 200,
+           "cache": "HIT", "tier": "memory", "latency_ms": 0.42, "ttfb_ms": None, "tokens": 1234,
+           "bytes": 5678}
+
+
+@pytest.fixture
+def restore_loggers() -> Iterator[None]:
+    saved = {}
+    for name in ("r1proxy", "aiohttp"):
+        lg = logging.getLogger(name)
+        saved[name] = (list(lg.handlers), lg.level, lg.propagate)
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        lg = logging.getLogger(name)
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
+def capture(fmt: str) -> tuple[logging.Logger, io.StringIO]:
+    buf = io.StringIO()
+    setup_logging(fmt, stream=buf)
+    return logging.getLogger("r1proxy.proxy"), buf
+
+
+def test_plain_request_line(restore_loggers: None) -> None:
+    logger, buf = capture("plain")
+    log_request(logger, REQUEST)
+    out = buf.getvalue()
+    assert out.count("\n") == 1
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO request request_id=r-1 key_name=laptop "
+        r"alias=deepseek-r1 status=200 cache=HIT tier=memory latency_ms=0.42 tokens=1234 bytes=5678\n", out)
+
+
+def test_json_request_line(restore_loggers: None) -> None:
+    logger, buf = capture("json")
+    log_request(logger, {**REQUEST, "msg": "spoof", "note": "two\nlines"})
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 1
+    obj = json.loads(lines[0])
+    assert obj["level"] == "INFO" and obj["msg"] == "request" and obj["logger"] == "r1proxy.proxy"
+    assert obj["ts"].endswith("Z")
+    assert obj["field_msg"] == "spoof"
+    assert obj["note"] == "two\nlines"
+    assert {k: obj[k] for k in ("request_id", "status", "cache", "latency_ms", "tokens")} == {
+        "request_id": "r-1", "status": 200, "cache": "HIT", "latency_ms": 0.42, "tokens": 1234}
+    assert "ttfb_ms" not in obj
+
+
+def test_redaction_drops_names_and_masks_values() -> None:
+    fields = {
+        "key_name": "laptop", "cache_key": "v1:abc", "api_key": "x", "Authorization": "Bearer abcdefghijk",
+        "upstream_secret": "x", "password": "x", "access_token": "x", "token": "x", "x-api-key": "x",
+        "tokens": 5, "prompt_tokens": 3, "prompt": "tell me a secret", "messages": [{"role": "user"}],
+        "error": f"upstream said: invalid key {SECRET}", "hdr": "Bearer abcdefghijklmnop", "n": None,
+        "usage": {"prompt": 7, "completion": 9, "api_key": SECRET},
+    }
+    out = redact(fields)
+    assert out == {"key_name": "laptop", "cache_key": "v1:abc", "tokens": 5, "prompt_tokens": 3,
+                   "error": REDACTED, "hdr": REDACTED, "usage": {"prompt": 7, "completion": 9}}
+
+
+def test_no_secret_reaches_any_output(restore_loggers: None) -> None:
+    for fmt in ("plain", "json"):
+        logger, buf = capture(fmt)
+        log_request(logger, {"request_id": "r", "upstream_key": SECRET, "detail": SECRET,
+                             "headers": {"authorization": SECRET}, "prompt": "PROMPT-TEXT"})
+        logger.warning("retrying", extra={"r1proxy_fields": {"why": f"401 for {SECRET}"}})
+        out = buf.getvalue()
+        assert SECRET not in out and "sk-or" not in out and "PROMPT-TEXT" not in out
+        assert out.count("\n") == 2
+
+
+def test_access_line_quotes_and_single_line() -> None:
+    line = access_line({"a": "x y", "b": 'q"uote', "c": "new\nline", "d": True, "e": 1.5, "f": "", "g": 3})
+    assert "\n" not in line
+    assert line == 'a="x y" b="q\\"uote" c="new\\nline" d=true e=1.5 f="" g=3'
+
+
+def test_long_values_truncated() -> None:
+    assert len(redact({"err": "x" * 10_000})["err"]) < 300
+
+
+def test_setup_is_idempotent_and_levels(restore_loggers: None) -> None:
+    buf = io.StringIO()
+    setup_logging("plain", stream=buf)
+    setup_logging("json", logging.WARNING, stream=buf)
+    root = logging.getLogger("r1proxy")
+    assert len(root.handlers) == 1 and not root.propagate
+    logging.getLogger("r1proxy.x").info("hidden")
+    logging.getLogger("aiohttp.access").info("aiohttp access line")
+    logging.getLogger("aiohttp.server").error("boom")
+    lines = buf.getvalue().splitlines()
+    assert [json.loads(x)["msg"] for x in lines] == ["boom"]
+    log_request(logging.getLogger("r1proxy.x"), REQUEST)  # below WARNING: nothing
+    assert buf.getvalue().splitlines() == lines
+
+
+def test_exceptions_are_kept(restore_loggers: None) -> None:
+    logger, buf = capture("json")
+    try:
+        raise RuntimeError("bad")
+    except RuntimeError:
+        logger.exception("handler failed", extra={"r1proxy_fields": {"request_id": "r-9"}})
+    obj = json.loads(buf.getvalue())
+    assert obj["request_id"] == "r-9" and "RuntimeError: bad" in obj["exc"]
+
+
+def test_bad_format_rejected() -> None:
+    with pytest.raises(ValueError):
+        setup_logging("xml")
