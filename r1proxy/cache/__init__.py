@@ -1,0 +1,64 @@
+"""The cache as the proxy sees it: ``TieredCache`` over a memory tier and slower tiers.
+
+Lookups try memory first, then each slower tier in order (SQLite today, Redis later); a hit
+in a slower tier is promoted into memory. Writes, touches and deletes go to every tier.
+Freshness is the caller's decision: tiers return expired entries too.
+"""
+
+from __future__ import annotations
+
+from r1proxy.cache.entry import CacheEntry, CacheTier, TierStats
+from r1proxy.cache.memory import MemoryTier
+
+__all__ = ["CacheEntry", "CacheTier", "MemoryTier", "TierStats", "TieredCache"]
+
+
+class TieredCache:
+    """Memory (optional) in front of ``tiers``, fastest first."""
+
+    def __init__(self, memory: MemoryTier | None, tiers: list[CacheTier]) -> None:
+        self.memory = memory
+        self.tiers = list(tiers)
+
+    def get_nowait(self, key: str) -> CacheEntry | None:
+        """Memory-only lookup for the hot path; None when absent or memory is disabled."""
+        return self.memory.get_nowait(key) if self.memory is not None else None
+
+    async def get(self, key: str) -> tuple[CacheEntry, str] | tuple[None, None]:
+        """(entry, name of the tier that had it) or (None, None)."""
+        if self.memory is not None:
+            entry = self.memory.get_nowait(key)
+            if entry is not None:
+                return entry, self.memory.name
+        for tier in self.tiers:
+            entry = await tier.get(key)
+            if entry is not None:
+                if self.memory is not None:
+                    self.memory.put_nowait(entry)
+                return entry, tier.name
+        return None, None
+
+    async def put(self, entry: CacheEntry) -> None:
+        for tier in self._all():
+            await tier.put(entry)
+
+    async def touch(self, key: str, now: float) -> None:
+        for tier in self._all():
+            await tier.touch(key, now)
+
+    async def delete(self, key: str) -> bool:
+        """True if any tier held the key."""
+        found = False
+        for tier in self._all():
+            found = await tier.delete(key) or found
+        return found
+
+    async def stats(self) -> list[TierStats]:
+        return [await tier.stats() for tier in self._all()]
+
+    async def close(self) -> None:
+        for tier in self._all():
+            await tier.close()
+
+    def _all(self) -> list[CacheTier]:
+        return ([self.memory] if self.memory is not None else []) + self.tiers

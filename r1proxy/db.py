@@ -1,0 +1,340 @@
+"""The SQLite database: opening (PRAGMAs, recovery, migrations), one writer task, reads, close.
+
+``Database`` owns the aiosqlite connections to ``r1proxy.db`` (one for the writer, one for
+reads). Writes never block or fail a caller: ``submit()`` queues them and a single background
+task runs them in batches, one transaction per batch; errors are logged once per kind and
+counted in ``write_errors``.
+A file that is not a database (or fails ``quick_check``) is moved aside at open and a fresh
+one is started; a database held locked by another process raises ``DatabaseLocked``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from r1proxy.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+Params = Sequence[Any]
+
+_CORRUPT = {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
+_BUSY = {"SQLITE_BUSY", "SQLITE_LOCKED"}
+
+
+class DatabaseUnavailable(Exception):
+    """The database file cannot be used (permissions, I/O); the message names the path."""
+
+
+class DatabaseLocked(DatabaseUnavailable):
+    """Another process holds the database locked for longer than busy_timeout."""
+
+
+@dataclass(slots=True)
+class _Op:
+    sql: str
+    params: Any  # one parameter sequence, or an iterable of them when many
+    many: bool = False
+    done: asyncio.Future[int] | None = None  # set for awaited writes: receives the rowcount
+
+
+@dataclass(slots=True)
+class _ErrorLog:
+    """Counts write errors; logs the first of each kind only, so a full disk logs once."""
+
+    count: int = 0
+    seen: set[str] = field(default_factory=set)
+
+    def note(self, err: BaseException, sql: str) -> None:
+        self.count += 1
+        kind = f"{type(err).__name__}: {err}"
+        if kind not in self.seen:
+            self.seen.add(kind)
+            log.error("database write failed (%s); skipping it, further errors of this kind are "
+                      "only counted. statement: %s", kind, " ".join(sql.split())[:120])
+
+
+def _errname(err: sqlite3.Error) -> str:
+    return getattr(err, "sqlite_errorname", "") or ""
+
+
+def _is_corrupt(err: sqlite3.Error) -> bool:
+    return _errname(err) in _CORRUPT or "not a database" in str(err) or "malformed" in str(err)
+
+
+def _is_busy(err: sqlite3.Error) -> bool:
+    return _errname(err) in _BUSY or "locked" in str(err)
+
+
+def _prepare(path: Path, busy_timeout_ms: int, check: bool) -> None:
+    """Check and migrate with a short-lived plain connection; raises sqlite3 errors as found."""
+    if check:
+        # Sniff the header before SQLite touches the file: on close SQLite may delete a
+        # -wal it could not use, and a moved-aside file should keep its -wal for inspection.
+        try:
+            with path.open("rb") as f:
+                head = f.read(16)
+        except FileNotFoundError:
+            head = b""
+        if head and head != b"SQLite format 3\x00":
+            err = sqlite3.DatabaseError("file is not a database (bad header)")
+            err.sqlite_errorname = "SQLITE_NOTADB"  # type: ignore[attr-defined]
+            raise err
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        if check:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+            if rows != [("ok",)]:
+                detail = "; ".join(str(r[0]) for r in rows[:3])
+                err = sqlite3.DatabaseError(f"quick_check failed: {detail}")
+                err.sqlite_errorname = "SQLITE_CORRUPT"  # type: ignore[attr-defined]
+                raise err
+        migrate(conn)
+    finally:
+        conn.close()
+
+
+def move_aside(path: Path, now: float | None = None) -> Path:
+    """Rename a database file and its -wal/-shm to ``<name>.corrupt-<UTC timestamp>``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    path.rename(target)
+    return target
+
+
+async def _connect(path: Path, busy_timeout_ms: int, *, reader: bool) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    pragmas = ["journal_mode = WAL", "synchronous = NORMAL", f"busy_timeout = {int(busy_timeout_ms)}",
+               "temp_store = MEMORY"]
+    if reader:
+        pragmas.append("query_only = ON")
+    try:
+        for pragma in pragmas:
+            await conn.execute(f"PRAGMA {pragma}")
+    except sqlite3.Error as e:
+        await conn.close()
+        if _is_busy(e):
+            raise DatabaseLocked(f"{path}: database is locked by another process") from None
+        raise DatabaseUnavailable(f"{path}: cannot open database: {e}") from None
+    return conn
+
+
+class Database:
+    """The writer connection and task, a read connection, read helpers.
+
+    Build with ``await Database.open(path)``. Reads use their own connection (WAL lets it
+    read while the writer holds a transaction) so a get never waits behind a write batch;
+    they see committed data, i.e. everything ``flush()`` or ``execute()`` has waited for.
+    """
+
+    def __init__(self, path: Path, conn: aiosqlite.Connection, reader: aiosqlite.Connection, *,
+                 batch_size: int = 256) -> None:
+        self.path = path
+        self.recovered_from: Path | None = None  # where a corrupt file was moved at open
+        self._conn = conn
+        self._reader = reader
+        self._batch_size = batch_size
+        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
+        self._errors = _ErrorLog()
+        self._closed = False
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="r1proxy-db-writer")
+
+    @classmethod
+    async def open(cls, path: str | Path, *, busy_timeout_ms: int = 5000, batch_size: int = 256,
+                   check: bool = True) -> Database:
+        """Open (creating parent dirs), recover from a corrupt file, migrate, start the writer.
+
+        Raises DatabaseLocked when another process holds the lock past busy_timeout_ms, and
+        DatabaseUnavailable for other errors that moving the file aside would not fix.
+        """
+        path = Path(path).expanduser()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DatabaseUnavailable(f"{path}: cannot create directory: {e.strerror}") from None
+        moved: Path | None = None
+        try:
+            await asyncio.to_thread(_prepare, path, busy_timeout_ms, check)
+        except sqlite3.Error as e:
+            if _is_busy(e):
+                raise DatabaseLocked(f"{path}: database is locked by another process "
+                                     f"(waited {busy_timeout_ms} ms)") from None
+            if not _is_corrupt(e):
+                raise DatabaseUnavailable(f"{path}: cannot open database: {e}") from None
+            moved = move_aside(path)
+            log.warning("!!! DATABASE %s IS CORRUPT (%s): moved it to %s and started an EMPTY one "
+                        "(cache and request log are gone; the old file is kept for inspection)",
+                        path, e, moved)
+            try:
+                await asyncio.to_thread(_prepare, path, busy_timeout_ms, False)
+            except sqlite3.Error as e2:
+                raise DatabaseUnavailable(f"{path}: cannot create a fresh database: {e2}") from None
+        conn = await _connect(path, busy_timeout_ms, reader=False)
+        try:
+            reader = await _connect(path, busy_timeout_ms, reader=True)
+        except BaseException:
+            await conn.close()
+            raise
+        db = cls(path, conn, reader, batch_size=batch_size)
+        db.recovered_from = moved
+        return db
+
+    @property
+    def write_errors(self) -> int:
+        """Writes that failed and were skipped since open."""
+        return self._errors.count
+
+    @property
+    def pending(self) -> int:
+        """Writes queued but not yet executed."""
+        return self._queue.qsize()
+
+    def submit(self, sql: str, params: Params = ()) -> None:
+        """Queue one write; returns at once, never raises for database errors."""
+        self._enqueue(_Op(sql, params))
+
+    def submit_many(self, sql: str, rows: Iterable[Params]) -> None:
+        """Queue one statement over many parameter rows (executemany)."""
+        self._enqueue(_Op(sql, list(rows), many=True))
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one write through the writer, in order with queued ones; returns the rowcount.
+
+        Unlike ``submit`` this waits and raises ``sqlite3.Error`` (also counted) to the caller.
+        """
+        if self._closed:
+            raise RuntimeError(f"{self.path}: database is closed")
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Op(sql, params, done=done))
+        return await done
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far has been executed (or skipped on error)."""
+        await self._queue.join()
+
+    async def fetchone(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        """First row of a query, or None (for queries that return one row or few)."""
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """All rows of a query, fetched in one trip to the database thread."""
+        return list(await self._reader.execute_fetchall(sql, params))
+
+    async def close(self) -> None:
+        """Drain the queue, checkpoint the WAL into the main file, close both connections."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.flush()
+        self._writer.cancel()
+        try:
+            await self._writer
+        except asyncio.CancelledError:
+            pass
+        try:
+            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            log.warning("%s: WAL checkpoint at close failed: %s", self.path, e)
+        await self._reader.close()
+        await self._conn.close()
+
+    def _enqueue(self, op: _Op) -> None:
+        if self._closed:
+            self._errors.note(RuntimeError("database is closed"), op.sql)
+            return
+        self._queue.put_nowait(op)
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._run_batch(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the writer must not die: skip and count the batch
+                for op in batch:
+                    self._errors.note(e, op.sql)
+                    self._resolve(op, error=e)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _run_batch(self, batch: list[_Op]) -> None:
+        conn = self._conn
+        try:
+            await conn.execute("BEGIN")
+            ops = self._coalesce(batch)
+            counts = [await self._run(op) for op in ops]
+            await conn.execute("COMMIT")
+        except sqlite3.Error:
+            # Some errors (disk full, I/O) roll the whole transaction back: redo op by op in
+            # autocommit so the good writes land and only the bad ones are skipped.
+            if conn.in_transaction:
+                try:
+                    await conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            for op in batch:
+                try:
+                    self._resolve(op, count=await self._run(op))
+                except sqlite3.Error as e:
+                    self._errors.note(e, op.sql)
+                    self._resolve(op, error=e)
+            return
+        for op, n in zip(ops, counts, strict=True):
+            self._resolve(op, count=n)
+
+    def _coalesce(self, batch: list[_Op]) -> list[_Op]:
+        """Merge runs of the same fire-and-forget statement into one executemany."""
+        out: list[_Op] = []
+        for op in batch:
+            prev = out[-1] if out else None
+            if (op.done is None and prev is not None and prev.done is None and prev.sql == op.sql):
+                rows = op.params if op.many else [op.params]
+                if prev.many:
+                    prev.params.extend(rows)
+                else:
+                    out[-1] = _Op(prev.sql, [prev.params, *rows], many=True)
+            else:
+                out.append(_Op(op.sql, list(op.params) if op.many else op.params, op.many, op.done))
+        return out
+
+    async def _run(self, op: _Op) -> int:
+        if op.many:
+            cur = await self._conn.executemany(op.sql, op.params)
+        else:
+            cur = await self._conn.execute(op.sql, op.params)
+        n = cur.rowcount
+        await cur.close()
+        return n
+
+    @staticmethod
+    def _resolve(op: _Op, *, count: int = 0, error: BaseException | None = None) -> None:
+        if op.done is None or op.done.done():
+            return
+        if error is not None:
+            op.done.set_exception(error)
+        else:
+            op.done.set_result(count)

@@ -1,0 +1,207 @@
+"""The r1proxy database schema: every CREATE lives here, as append-only migrations.
+
+Each ``mNNN_what(conn)`` runs once, inside its own transaction, and its name is recorded in
+``_r1proxy_migrations``. Never edit a shipped migration; append a new one saying why.
+All times are Unix seconds (UTC); the views render them with ``datetime()`` (UTC).
+
+Tables: ``cache_entries`` (one row per cached completion; metadata in plain columns, the
+completion JSON and the canonical request as zstd blobs), ``requests`` (one row per client
+request), ``key_usage`` (per key and UTC day, so daily budgets survive a restart).
+
+Views for people with ``sqlite3 "$STATE_DIR/r1proxy.db"`` (or datasette/sqlite-utils)::
+
+    -- what is cached, most recently used first
+    SELECT model, hits, last_hit, ratio, preview_user FROM v_cache_entries
+      ORDER BY last_hit DESC LIMIT 20;
+    -- the last requests and how each was served
+    SELECT ts, alias, cache, status, latency_ms, cost FROM v_requests ORDER BY ts DESC LIMIT 50;
+    -- per UTC day: hit rate and money saved vs spent
+    SELECT day, requests, hit_rate, tokens_saved, usd_saved, usd_spent FROM v_daily;
+    -- slowest upstream calls today
+    SELECT ts, upstream_model, route, ttfb_ms, latency_ms FROM v_requests
+      WHERE cache = 'MISS' AND ts >= date('now') ORDER BY latency_ms DESC LIMIT 10;
+
+In ``requests``, ``cache`` is HIT/STALE/COALESCED (served without a new upstream call),
+MISS, BYPASS or NONE; ``cost`` is what the upstream charged for this request (0 when
+served from cache) and ``cost_saved`` what a cache-served request would have cost.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: list[Migration] = []
+migration = MIGRATIONS.append
+
+# Served without a new upstream call; shared by v_daily (and so by `r1proxy stats`).
+SERVED_FROM_CACHE = "('HIT', 'STALE', 'COALESCED')"
+
+
+@migration
+def m001_cache_entries(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS cache_entries (
+            key TEXT PRIMARY KEY,
+            namespace TEXT NOT NULL DEFAULT '',
+            model TEXT,
+            created_at REAL,
+            last_hit_at REAL,
+            hits INTEGER DEFAULT 0,
+            expires_at REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            reasoning_tokens INTEGER,
+            cost REAL,
+            raw_bytes INTEGER,
+            stored_bytes INTEGER,
+            preview_user TEXT,
+            preview_answer TEXT,
+            body BLOB,
+            request BLOB
+        )
+        """
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_cache_entries_last_hit_at ON cache_entries(last_hit_at)")
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_cache_entries_expires_at ON cache_entries(expires_at)")
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_cache_entries_model ON cache_entries(model)")
+
+
+@migration
+def m002_requests(conn: sqlite3.Connection) -> None:
+    # route = which upstream/deployment served; tier = which cache tier answered a hit.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS requests (
+            id INTEGER PRIMARY KEY,
+            ts REAL,
+            request_id TEXT,
+            key_name TEXT,
+            alias TEXT,
+            upstream_model TEXT,
+            route TEXT,
+            stream INTEGER,
+            cache TEXT,
+            tier TEXT,
+            status INTEGER,
+            error_type TEXT,
+            latency_ms REAL,
+            ttfb_ms REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            reasoning_tokens INTEGER,
+            cost REAL,
+            cost_saved REAL,
+            request_bytes INTEGER,
+            response_bytes INTEGER,
+            generation_id TEXT,
+            cache_key TEXT
+        )
+        """
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_requests_ts ON requests(ts)")
+
+
+@migration
+def m003_key_usage(conn: sqlite3.Connection) -> None:
+    # day is the UTC date 'YYYY-MM-DD' chosen by the caller.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS key_usage (
+            key_name TEXT,
+            day TEXT,
+            requests INTEGER,
+            tokens INTEGER,
+            usd REAL,
+            PRIMARY KEY (key_name, day)
+        )
+        """
+    )
+
+
+@migration
+def m004_views(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE VIEW IF NOT EXISTS v_cache_entries AS
+        SELECT key, namespace, model,
+               datetime(created_at, 'unixepoch') AS created,
+               datetime(COALESCE(last_hit_at, created_at), 'unixepoch') AS last_hit,
+               datetime(expires_at, 'unixepoch') AS expires,
+               hits, prompt_tokens, completion_tokens, reasoning_tokens, cost,
+               raw_bytes, stored_bytes,
+               ROUND(CAST(stored_bytes AS REAL) / NULLIF(raw_bytes, 0), 3) AS ratio,
+               preview_user, preview_answer
+        FROM cache_entries
+        """
+    )
+    conn.execute(
+        """
+        CREATE VIEW IF NOT EXISTS v_requests AS
+        SELECT datetime(ts, 'unixepoch') AS ts, key_name, alias, upstream_model, route, stream,
+               cache, tier, status, error_type, latency_ms, ttfb_ms, prompt_tokens,
+               completion_tokens, reasoning_tokens, cost, cost_saved, request_bytes, response_bytes
+        FROM requests
+        """
+    )
+    # upstream_errors: 5xx replies or an error_type naming the upstream (e.g. upstream_timeout).
+    conn.execute(
+        f"""
+        CREATE VIEW IF NOT EXISTS v_daily AS
+        SELECT date(ts, 'unixepoch') AS day,
+               COUNT(*) AS requests,
+               SUM(cache IN {SERVED_FROM_CACHE}) AS hits,
+               ROUND(CAST(SUM(cache IN {SERVED_FROM_CACHE}) AS REAL) / COUNT(*), 4) AS hit_rate,
+               SUM(CASE WHEN cache IN {SERVED_FROM_CACHE}
+                        THEN COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)
+                        ELSE 0 END) AS tokens_saved,
+               COALESCE(SUM(cost_saved), 0) AS usd_saved,
+               SUM(status >= 500 OR COALESCE(error_type, '') LIKE 'upstream%') AS upstream_errors,
+               COALESCE(SUM(cost), 0) AS usd_spent
+        FROM requests
+        GROUP BY day
+        ORDER BY day
+        """
+    )
+
+
+def applied(conn: sqlite3.Connection) -> set[str]:
+    """Names of the migrations already applied (creates the bookkeeping table if needed)."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _r1proxy_migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+    )
+    return {row[0] for row in conn.execute("SELECT name FROM _r1proxy_migrations")}
+
+
+def migrate(conn: sqlite3.Connection, *, now: float | None = None) -> list[str]:
+    """Apply every missing migration, each in its own transaction; returns the names applied.
+
+    Safe against a second process migrating at the same moment: each step takes the write
+    lock (BEGIN IMMEDIATE) and re-checks whether it is still missing.
+    """
+    done: list[str] = []
+    if {fn.__name__ for fn in MIGRATIONS} <= applied(conn):
+        return done
+    for fn in MIGRATIONS:
+        in_tx = conn.in_transaction
+        if not in_tx:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            if fn.__name__ not in applied(conn):
+                fn(conn)
+                conn.execute(
+                    "INSERT INTO _r1proxy_migrations (name, applied_at) VALUES (?, ?)",
+                    (fn.__name__, time.time() if now is None else now),
+                )
+                done.append(fn.__name__)
+            if not in_tx:
+                conn.execute("COMMIT")
+        except BaseException:
+            if not in_tx and conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return done

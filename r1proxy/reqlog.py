@@ -1,0 +1,114 @@
+"""The request log and per-key daily usage: every SQL statement on ``requests`` and ``key_usage``.
+
+Writes are queued on the ``Database`` writer (never block, never raise). Reads back the
+numbers ``r1proxy stats`` prints, either through a running ``Database`` (``summary``) or a
+plain ``sqlite3`` connection when the server is down (``summary_sync``); both run the same
+SQL and build the result with the same function. Days are UTC dates ('YYYY-MM-DD').
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from r1proxy.db import Database
+
+REQUEST_COLUMNS = (
+    "ts", "request_id", "key_name", "alias", "upstream_model", "route", "stream", "cache", "tier",
+    "status", "error_type", "latency_ms", "ttfb_ms", "prompt_tokens", "completion_tokens",
+    "reasoning_tokens", "cost", "cost_saved", "request_bytes", "response_bytes", "generation_id",
+    "cache_key",
+)
+_INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})")
+_PRUNE = "DELETE FROM requests WHERE ts < ?"
+_ADD_USAGE = """
+INSERT INTO key_usage (key_name, day, requests, tokens, usd) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (key_name, day) DO UPDATE SET
+  requests = requests + excluded.requests,
+  tokens = tokens + excluded.tokens,
+  usd = usd + excluded.usd
+"""
+_LOAD_USAGE = "SELECT key_name, requests, tokens, usd FROM key_usage WHERE day = ?"
+
+_TOTALS = ("requests", "hits", "tokens_saved", "usd_saved", "upstream_errors", "usd_spent")
+_SUM_DAILY = (f"SELECT {', '.join(f'COALESCE(SUM({c}), 0)' for c in _TOTALS)} FROM v_daily "
+              "WHERE day >= ?")
+_TOP_MODELS = """
+SELECT COALESCE(alias, upstream_model, '?') AS model, COUNT(*) AS requests
+FROM requests WHERE ts >= ? GROUP BY model ORDER BY requests DESC, model LIMIT ?
+"""
+TOP_MODELS = 5
+
+
+def utc_day(ts: float) -> str:
+    """The UTC date of a timestamp, as used for ``key_usage.day`` and ``v_daily.day``."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def _summary_queries(now: float) -> list[tuple[str, Sequence[Any]]]:
+    """(sql, params) for: all-time totals, today's totals, top models all time."""
+    return [(_SUM_DAILY, ("",)), (_SUM_DAILY, (utc_day(now),)), (_TOP_MODELS, (0, TOP_MODELS))]
+
+
+def _build_summary(now: float, overall: Sequence[Any], today: Sequence[Any],
+                   top: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    def block(row: Sequence[Any]) -> dict[str, Any]:
+        d = dict(zip(_TOTALS, row, strict=True))
+        d["hit_rate"] = round(d["hits"] / d["requests"], 4) if d["requests"] else 0.0
+        return d
+
+    return {"day": utc_day(now), "overall": block(overall), "today": block(today),
+            "top_models": [{"model": m, "requests": n} for m, n in top]}
+
+
+def summary_sync(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+    """``RequestLog.summary`` on a plain sqlite3 connection (the CLI, server down)."""
+    now = time.time() if now is None else now
+    (q1, p1), (q2, p2), (q3, p3) = _summary_queries(now)
+    return _build_summary(now, conn.execute(q1, p1).fetchone(), conn.execute(q2, p2).fetchone(),
+                          conn.execute(q3, p3).fetchall())
+
+
+def load_usage_sync(conn: sqlite3.Connection, day: str) -> dict[str, tuple[int, int, float]]:
+    """``RequestLog.load_usage`` on a plain sqlite3 connection."""
+    return {k: (r, t, u) for k, r, t, u in conn.execute(_LOAD_USAGE, (day,)).fetchall()}
+
+
+class RequestLog:
+    """Request rows and key usage, written through ``db``'s writer."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        """Queue one request row; keys not in REQUEST_COLUMNS are ignored, missing ones are NULL."""
+        self.db.submit(_INSERT, tuple(row.get(c) for c in REQUEST_COLUMNS))
+
+    def prune(self, older_than_ts: float) -> None:
+        """Queue deletion of request rows logged before ``older_than_ts``."""
+        self.db.submit(_PRUNE, (older_than_ts,))
+
+    def add_usage(self, key_name: str, day: str, requests: int, tokens: int, usd: float) -> None:
+        """Queue adding to a key's usage for a day (creating the row if needed)."""
+        self.db.submit(_ADD_USAGE, (key_name, day, requests, tokens, usd))
+
+    async def load_usage(self, day: str) -> dict[str, tuple[int, int, float]]:
+        """{key_name: (requests, tokens, usd)} for a day, as written so far."""
+        return {k: (r, t, u) for k, r, t, u in await self.db.fetchall(_LOAD_USAGE, (day,))}
+
+    async def summary(self, now: float | None = None) -> dict[str, Any]:
+        """{"day", "overall": {...}, "today": {...}, "top_models": [...]} for ``r1proxy stats``.
+
+        Each block has requests, hits, hit_rate, tokens_saved, usd_saved, upstream_errors,
+        usd_spent (see ``v_daily`` in migrations.py for their definitions).
+        """
+        now = time.time() if now is None else now
+        (q1, p1), (q2, p2), (q3, p3) = _summary_queries(now)
+        overall = await self.db.fetchone(q1, p1)
+        today = await self.db.fetchone(q2, p2)
+        top = await self.db.fetchall(q3, p3)
+        assert overall is not None and today is not None  # aggregates always return a row
+        return _build_summary(now, overall, today, top)
