@@ -1,26 +1,45 @@
-"""Wiring: ``create_app(config)`` builds the application; ``run(config)`` serves it.
+"""Wiring and lifecycle: ``create_app(config)`` builds the application; ``serve(config)`` runs it.
 
 Registers routes, the error middleware and one ``cleanup_ctx`` per resource in dependency
-order (HTTP session → database and cache → gateway), so teardown runs in reverse.
+order (HTTP session → database and cache → gateway), so teardown runs in reverse: in-flight
+streams finish (bounded by ``server.shutdown_timeout``), flights end, the cache writer is
+flushed and the WAL checkpointed. ``serve`` adds sd_notify readiness, SIGTERM/SIGINT drain and
+SIGHUP reload of keys and limits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from weakref import WeakSet
 
 from aiohttp import web
 
-from .appkeys import CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STREAMS_KEY
-from .config import Config
+from . import sdnotify
+from .appkeys import CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY, STREAMS_KEY
+from .cache import MemoryTier, TieredCache
+from .cache.sqlite import SqliteTier
+from .config import Config, ConfigError, load_config
+from .db import Database, DatabaseUnavailable
 from .errors import error_middleware
 from .gateway import Gateway
 from .handlers import setup_routes
+from .reqlog import RequestLog
 from .upstream import http_session_ctx
 
 log = logging.getLogger("r1proxy")
+
+
+@dataclass(slots=True)
+class Store:
+    """The one SQLite database and what lives in it."""
+
+    db: Database
+    cache: TieredCache | None
+    reqlog: RequestLog
 
 
 def create_app(config: Config) -> web.Application:
@@ -30,17 +49,40 @@ def create_app(config: Config) -> web.Application:
     app[STREAMS_KEY] = WeakSet()
     setup_routes(app)
     app.cleanup_ctx.append(http_session_ctx)
+    app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(gateway_ctx)
     return app
 
 
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG_KEY]
+    db = await Database.open(config.db_path)
+    if db.recovered_from is not None:
+        log.warning("the database was unreadable and was moved aside to %s; starting with an empty cache",
+                    db.recovered_from)
+    cache = None
+    if config.cache.enabled:
+        memory = MemoryTier(int(config.cache.memory_mb * 1024 * 1024)) if config.cache.memory_mb else None
+        disk = SqliteTier(db, max_bytes=int(config.cache.max_disk_mb * 1024 * 1024),
+                          stale_if_error=config.cache.stale_if_error)
+        cache = TieredCache(memory, [disk])
+    app[STORE_KEY] = Store(db, cache, RequestLog(db))
+    try:
+        yield
+    finally:
+        if cache is not None:
+            await cache.close()
+        await db.close()
+
+
 async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
-    gw = Gateway(config, app[HTTP_SESSION_KEY], cache=None)
+    store = app[STORE_KEY]
+    gw = Gateway(config, app[HTTP_SESSION_KEY], cache=store.cache, reqlog=store.reqlog)
+    await gw.start()
     app[GATEWAY_KEY] = gw
     yield
-    if gw.tasks:  # let flights that are finishing for the cache end, within reason
-        await asyncio.wait(list(gw.tasks), timeout=config.server.shutdown_timeout)
+    await gw.stop(config.server.shutdown_timeout)
 
 
 def check_bind(config: Config) -> None:
@@ -55,13 +97,60 @@ def check_bind(config: Config) -> None:
                 config.server.host, config.server.port)
 
 
-def run(config: Config) -> None:
+async def serve(config: Config, config_path: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads keys and limits from the config file."""
     check_bind(config)
+    for up in config.upstreams.values():
+        if not up.api_key and up.name == config.server.default_upstream:
+            log.warning("upstream %s has no API key (set $%s or api_key_file); requests will fail upstream",
+                        up.name, up.api_key_env or "…")
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=config.server.shutdown_timeout)
+    try:
+        await runner.setup()
+    except DatabaseUnavailable as e:
+        raise SystemExit(f"r1proxy: {e}") from None
+    site = web.TCPSite(runner, config.server.host, config.server.port,
+                       shutdown_timeout=config.server.shutdown_timeout)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    gw = app[GATEWAY_KEY]
+
+    def reload() -> None:
+        sdnotify.reloading()
+        try:
+            gw.reload(load_config(config_path))
+        except ConfigError as e:
+            log.error("reload failed, keeping the running config: %s", e)
+        sdnotify.ready()
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    log.info("r1proxy listening on http://%s:%s (config: %s, database: %s)", config.server.host,
+             config.server.port, config.source, config.db_path)
+    sdnotify.ready()
+    try:
+        await stop.wait()
+    finally:
+        sdnotify.stopping()
+        log.info("shutting down: finishing in-flight requests (up to %gs)", config.server.shutdown_timeout)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        log.info("stopped")
+
+
+def run(config: Config, config_path: str | None = None) -> None:
     try:
         import uvloop
-        uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency, but keep serving without it
-        pass
-    web.run_app(create_app(config), host=config.server.host, port=config.server.port,
-                shutdown_timeout=config.server.shutdown_timeout, access_log=None, print=None,
-                handle_signals=True)
+        asyncio.run(serve(config, config_path))
+        return
+    uvloop.run(serve(config, config_path))

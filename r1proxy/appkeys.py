@@ -11,9 +11,11 @@ from aiohttp import web
 from .config import Config
 
 if TYPE_CHECKING:
+    from .app import Store
     from .gateway import Gateway
 
 CONFIG_KEY = web.AppKey("CONFIG_KEY", Config)
 HTTP_SESSION_KEY = web.AppKey("HTTP_SESSION_KEY", aiohttp.ClientSession)
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("GATEWAY_KEY")
 STREAMS_KEY: web.AppKey[WeakSet[web.StreamResponse]] = web.AppKey("STREAMS_KEY")
+STORE_KEY: web.AppKey[Store] = web.AppKey("STORE_KEY")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -55,6 +54,7 @@ def _serve(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-
     from dataclasses import replace
 
     from .app import run
+    from .logsetup import setup_logging
 
     server = config.server
     if args.host:
@@ -62,9 +62,9 @@ def _serve(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-
     if args.port is not None:
         server = replace(server, port=args.port)
     config = replace(config, server=server)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    setup_logging(config.server.log_format)
     try:
-        run(config)
+        run(config, args.config)
     except OSError as e:
         print(f"r1proxy: cannot listen on {config.server.host}:{config.server.port}: {e.strerror or e}",
               file=sys.stderr)

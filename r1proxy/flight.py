@@ -167,7 +167,7 @@ class Flight:
                 self.outcome.upstream_errors.append(f"{route.label}: {err.status} {err.message[:120]}")
                 if self.data_count:  # bytes reached followers: never retry, never fall back
                     return self._fail(err)
-                if err.status not in RETRYABLE or attempt + 1 >= retry.max_attempts:
+                if err.status not in RETRYABLE or attempt + 1 >= retry.max_attempts or is_daily_quota(err):
                     break
                 if retry_after is not None and retry_after > retry.max_retry_after_s:
                     break  # a long wait: better served by a fallback, or by the client itself
@@ -190,7 +190,10 @@ class Flight:
     async def _attempt(self, session: aiohttp.ClientSession, route: Route, headers: dict[str, str],
                        hooks: Hooks) -> tuple[ProxyError | None, float | None]:
         up = route.upstream
-        token = await hooks.before_attempt(route)
+        try:
+            token = await hooks.before_attempt(route)
+        except ProxyError as e:  # queued too long, or a quota known to be gone
+            return e, None
         status, ttfb, retry_after, payload = 0, None, None, None
         t0 = time.monotonic()
         try:

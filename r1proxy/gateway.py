@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -27,6 +27,11 @@ from .completion import Renderer, dumps, render_json, render_sse
 from .config import Config, KeyConfig, ModelConfig
 from .errors import ProxyError, bad_request
 from .flight import Flight, Hooks, Route
+from .logsetup import log_request
+from .metrics import Metrics
+from .policy import UpstreamPolicy
+from .ratelimit import KeyLimiter
+from .reqlog import RequestLog, utc_day
 from .templates import prepare
 from .upstream import request_headers
 
@@ -66,6 +71,7 @@ class Ctx:
     usage: dict[str, Any] = field(default_factory=dict)
     generation_id: str = ""
     cost_saved: float = 0.0
+    admitted: bool = False
 
 
 def parse_cache_control(header: str | None, body_cache: Any) -> CacheControl:
@@ -131,18 +137,53 @@ def validate(raw: bytes) -> dict[str, Any]:
 
 class Gateway:
     def __init__(self, config: Config, session: aiohttp.ClientSession, cache: TieredCache | None,
-                 hooks: Hooks | None = None) -> None:
+                 reqlog: RequestLog | None = None, hooks: Hooks | None = None) -> None:
         self.config = config
         self.session = session
         self.cache = cache
-        self.hooks = hooks or Hooks()
+        self.reqlog = reqlog
+        self.policy = UpstreamPolicy(config)
+        self.hooks: Hooks = hooks or self.policy
         self.keys = KeyMaker(config.cache.ignore_patterns, config.cache.namespace)
         self.auth = Auth(config.keys)
+        self.limiter = KeyLimiter(config.keys)
         self.aliases = config.aliases()
         self.flights: dict[str, Flight] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.metrics = Metrics()
+        self.usage: dict[tuple[str, str], list[float]] = {}  # (key name, UTC day) -> [requests, tokens, usd]
         self.clock = time.time
         self.started_at = time.time()
+
+    async def start(self) -> None:
+        """Load today's per-key usage (daily budgets survive a restart)."""
+        if self.reqlog is not None:
+            day = utc_day(self.clock())
+            for name, (reqs, tokens, usd) in (await self.reqlog.load_usage(day)).items():
+                self.usage[(name, day)] = [reqs, tokens, usd]
+            if self.config.server.log_retention:
+                self.reqlog.prune(self.clock() - self.config.server.log_retention)
+
+    async def refresh_cache_stats(self) -> None:
+        if self.cache is not None:
+            self.metrics.set_cache_stats(await self.cache.stats())
+
+    async def stop(self, timeout: float) -> None:
+        """Let flights that are finishing for the cache end, within ``timeout``."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=timeout)
+
+    def reload(self, config: Config) -> None:
+        """Take new keys and key limits from a re-read config (SIGHUP); the rest needs a restart."""
+        self.auth = Auth(config.keys)
+        for k in config.keys:
+            self.limiter.set_limits(k)
+        changed = [name for name in ("server", "upstreams", "models", "cache", "stream", "retry")
+                   if getattr(config, name) != getattr(self.config, name)]
+        self.config = replace(self.config, keys=config.keys)
+        log.info("reloaded %d key(s) from %s", len(config.keys), config.source)
+        if changed:
+            log.warning("reload applies keys and limits only; restart to apply changes in: %s", ", ".join(changed))
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -159,13 +200,14 @@ class Gateway:
         return name, [None]
 
     def routes(self, alias: str, deps: list[ModelConfig | None], body: dict[str, Any]) -> list[Route]:
-        out: list[Route] = []
-        for dep in deps:
-            out.append(self._route(alias, dep, body))
+        """Deployments of the alias (balancer's order), then each fallback alias's deployments."""
         first = deps[0]
-        for fb in first.fallbacks if first else ():
-            for dep in self.aliases.get(fb, []):
-                out.append(self._route(fb, dep, body))
+        if first is None:
+            return [self._route(alias, None, body)]
+        out = [self._route(alias, d, body) for d in self.policy.order(alias, [d for d in deps if d])]
+        for fb in first.fallbacks:
+            fdeps = self.aliases.get(fb, [])
+            out.extend(self._route(fb, d, body) for d in self.policy.order(fb, fdeps))
         return out
 
     def _route(self, alias: str, dep: ModelConfig | None, body: dict[str, Any]) -> Route:
@@ -179,17 +221,42 @@ class Gateway:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         ctx = Ctx(request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16], t0=time.monotonic())
+        self.metrics.inc_in_flight()
+        held = False
         try:
-            return await self._chat(request, ctx)
+            key = self.auth.check(request.headers)
+            ctx.key_name = key.name
+            count_hits = self.config.cache.count_hits_in_rate_limit
+            if count_hits:
+                self._admit(key)
+                held = True
+            return await self._chat(request, ctx, key, admit=not count_hits)
         except ProxyError as e:
             ctx.status, ctx.error_type = e.status, e.type
             raise
         finally:
+            if held or ctx.admitted:
+                self.limiter.release(ctx.key_name)
+            self.metrics.dec_in_flight()
             self.finished(ctx)
 
-    async def _chat(self, request: web.Request, ctx: Ctx) -> web.StreamResponse:
-        key = self.auth.check(request.headers)
-        ctx.key_name = key.name
+    def _admit(self, key: KeyConfig) -> None:
+        """Per-key rpm/tpm/parallel limits and daily budgets; raises a 429 when over."""
+        if key.daily_tokens or key.daily_usd:
+            used = self.usage.get((key.name, utc_day(self.clock())))
+            if used is not None:
+                why = self.limiter.budget_exceeded(key.name, {"tokens": used[1], "usd": used[2]})
+                if why:
+                    wait = 86400 - self.clock() % 86400
+                    raise ProxyError(429, f"Key {key.name!r} used up its {why.replace('_', ' ')} budget; "
+                                          f"it resets at 00:00 UTC", code="budget_exceeded",
+                                     headers={"x-should-retry": "false", "Retry-After": str(int(wait))})
+        d = self.limiter.acquire(key.name)
+        if not d.allowed:
+            raise ProxyError(429, f"Rate limit for key {key.name!r} reached ({d.reason}); retry in "
+                                  f"{max(1, round(d.retry_after))}s", code="rate_limit_exceeded", headers=d.headers())
+
+    async def _chat(self, request: web.Request, ctx: Ctx, key: KeyConfig, admit: bool) -> web.StreamResponse:
         raw = await request.read()
         ctx.request_bytes = len(raw)
         body = validate(raw)
@@ -220,6 +287,9 @@ class Gateway:
         elif cc.only_if_cached:
             raise ProxyError(504, "Caching is off (Cache-Control: only-if-cached)", code="cache_miss")
 
+        if admit:  # cache hits are free: only what reaches for the upstream counts against the key
+            self._admit(key)
+            ctx.admitted = True
         flight = self.flights.get(cache_key) if cache_key and cc.lookup else None
         if flight is not None and not flight.finished:
             ctx.cache = "COALESCED"
@@ -311,8 +381,8 @@ class Gateway:
         body = entry.rendered.get(variant)
         if body is None:
             body = render_sse(entry.completion, mode) if stream else render_json(entry.completion, mode, cached=True)
-            entry.rendered[variant] = body
-            self.cache.note_rendered(entry)
+            if self.cache.memory is not None:
+                self.cache.memory.note_rendered(entry, variant, body)
         now = self.clock()
         await self.cache.touch(entry.key, now)
         ctx.usage = entry.completion.get("usage") or {}
@@ -444,7 +514,49 @@ class Gateway:
         return entry
 
     def finished(self, ctx: Ctx) -> None:
-        """Hook for the request log and metrics (the app wires real ones in)."""
+        """Account for one request: metrics, the request log row, the log line, key usage."""
+        latency = time.monotonic() - ctx.t0
+        usage = ctx.usage or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+        served_from_cache = ctx.cache in ("HIT", "STALE")
+        cost = 0.0 if served_from_cache else float(usage.get("cost") or 0.0)
+        m = self.metrics
+        m.request_done(ctx.alias or "-", ctx.status, ctx.cache, latency, ctx.ttfb, ctx.stream)
+        if prompt or completion:
+            m.tokens(ctx.alias or "-", prompt, completion, reasoning, cached=served_from_cache)
+        if served_from_cache and ctx.cost_saved:
+            m.cost_saved(ctx.cost_saved)
+        if cost:
+            m.cost_spent(cost)
+        if ctx.status >= 500 and ctx.error_type not in ("cancelled",):
+            m.upstream_error(ctx.route or ctx.alias or "-", ctx.error_type or str(ctx.status))
+        tokens = 0 if served_from_cache else prompt + completion
+        if ctx.key_name:
+            day = utc_day(self.clock())
+            u = self.usage.setdefault((ctx.key_name, day), [0, 0, 0.0])
+            u[0] += 1
+            u[1] += tokens
+            u[2] += cost
+            if tokens:
+                self.limiter.add_tokens(ctx.key_name, tokens)
+        if not self.config.server.log_requests:
+            return
+        row = {"ts": self.clock(), "request_id": ctx.request_id, "key_name": ctx.key_name, "alias": ctx.alias,
+               "upstream_model": ctx.upstream_model, "route": ctx.route, "stream": int(ctx.stream),
+               "cache": ctx.cache, "tier": ctx.tier, "status": ctx.status, "error_type": ctx.error_type,
+               "latency_ms": round(latency * 1000, 3),
+               "ttfb_ms": None if ctx.ttfb is None else round(ctx.ttfb * 1000, 3),
+               "prompt_tokens": prompt, "completion_tokens": completion, "reasoning_tokens": reasoning,
+               "cost": cost, "cost_saved": ctx.cost_saved if served_from_cache else 0.0,
+               "request_bytes": ctx.request_bytes, "response_bytes": ctx.response_bytes,
+               "generation_id": ctx.generation_id, "cache_key": ctx.cache_key}
+        if self.reqlog is not None:
+            self.reqlog.record(row)
+            if ctx.key_name:
+                self.reqlog.add_usage(ctx.key_name, utc_day(row["ts"]), 1, tokens, cost)
+        log_request(log, row)
 
 
 class _Stale(Exception):

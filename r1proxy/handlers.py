@@ -1,13 +1,20 @@
-"""HTTP edge: the route table and thin handlers. Logic lives in the gateway."""
+"""HTTP edge: the route table and thin handlers. Logic lives in the gateway.
+
+``/metrics`` (Prometheus text) and ``/stats`` (JSON) answer loopback clients only, unless
+``server.metrics_key`` is set: then every client must send it as a bearer token.
+"""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import time
 
 from aiohttp import web
 
 from . import __version__
 from .appkeys import CONFIG_KEY, GATEWAY_KEY
+from .errors import ProxyError
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -32,6 +39,37 @@ async def health(request: web.Request) -> web.Response:
                               "in_flight": len(gw.flights), "cache": cfg.cache.enabled})
 
 
+def _may_read_metrics(request: web.Request) -> None:
+    key = request.app[CONFIG_KEY].server.metrics_key
+    if key:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            raise ProxyError(401, "This endpoint needs server.metrics_key as a bearer token")
+        return
+    peer = request.remote or ""
+    try:
+        loopback = ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ProxyError(403, "Metrics are served to loopback clients only (set server.metrics_key to open them)")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    _may_read_metrics(request)
+    gw = request.app[GATEWAY_KEY]
+    await gw.refresh_cache_stats()
+    body, ctype = gw.metrics.render(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": ctype})
+
+
+async def stats(request: web.Request) -> web.Response:
+    _may_read_metrics(request)
+    gw = request.app[GATEWAY_KEY]
+    await gw.refresh_cache_stats()
+    return web.json_response(gw.metrics.snapshot())
+
+
 def setup_routes(app: web.Application) -> None:
     r = app.router
     for path in ("/chat/completions", "/v1/chat/completions"):
@@ -39,3 +77,5 @@ def setup_routes(app: web.Application) -> None:
     for path in ("/models", "/v1/models"):
         r.add_get(path, models, allow_head=False)
     r.add_get("/health", health, allow_head=False)
+    r.add_get("/metrics", metrics, allow_head=False)
+    r.add_get("/stats", stats, allow_head=False)

@@ -1,0 +1,107 @@
+"""Upstream policy for flights: pacing queues, cool-downs, load balancing, route order.
+
+``UpstreamPolicy`` implements the flight's ``Hooks``: before an attempt it waits for the
+deployment's pacer slot (rpm / max_parallel, FIFO, bounded by ``max_queue_s``); after it, it
+reports to the balancer, cools a deployment down on 429 + Retry-After, and marks the free
+daily quota exhausted so later requests fail fast or fall back at once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .balance import Balancer, retry_after_seconds
+from .config import Config, ModelConfig
+from .errors import ProxyError
+from .flight import Hooks, Route
+from .pacing import PacerExhausted, PacerTimeout, UpstreamPacer
+
+
+def _seconds_to_utc_midnight(now: float) -> float:
+    return 86400.0 - (now % 86400.0)
+
+
+class UpstreamPolicy(Hooks):
+    def __init__(self, config: Config, *, now: Any = time.monotonic) -> None:
+        self.config = config
+        self._now = now
+        self.pacers: dict[int, UpstreamPacer] = {}
+        self.balancers: dict[str, Balancer[ModelConfig]] = {}
+        for alias, deps in config.aliases().items():
+            for d in deps:
+                self.pacers[id(d)] = UpstreamPacer(d.rpm, d.max_parallel, name=f"{d.upstream}/{d.model}", now=now)
+            self.balancers[alias] = Balancer(deps, deps[0].strategy, weights=[d.weight for d in deps],
+                                             failures_to_cooldown=config.retry.failures_to_cooldown,
+                                             cooldown_s=config.retry.cooldown_s, now=now)
+
+    def order(self, alias: str, deps: list[ModelConfig]) -> list[ModelConfig]:
+        """The alias's deployments in the order to try them (balancer's choice first)."""
+        bal = self.balancers.get(alias)
+        if bal is None or len(deps) < 2:
+            return deps
+        out: list[ModelConfig] = []
+        while len(out) < len(deps):
+            out.append(bal.choose(exclude=out))
+        return out
+
+    def skip(self, route: Route) -> str | None:
+        dep = route.deployment
+        if dep is None:
+            return None
+        pacer = self.pacers.get(id(dep))
+        now = self._now()
+        if pacer is not None and now < pacer.daily_exhausted_until:
+            return "daily quota exhausted"
+        bal = self.balancers.get(dep.name)
+        if bal is not None and (len(bal.deployments) > 1 or dep.fallbacks) and bal.is_cooling(dep):
+            return "cooling down after repeated failures"
+        return None
+
+    async def before_attempt(self, route: Route) -> Any:
+        dep = route.deployment
+        if dep is None:
+            return None
+        pacer = self.pacers.get(id(dep))
+        if pacer is not None:
+            try:
+                await pacer.acquire(dep.max_queue_s)
+            except PacerExhausted as e:
+                raise ProxyError(429, f"{route.label}: the free daily quota is used up; it resets in "
+                                      f"{e.retry_after / 3600:.1f} h", code=429,
+                                 headers={"x-should-retry": "false"}) from None
+            except PacerTimeout as e:
+                raise ProxyError(429, f"{route.label}: waited {e.waited_s:.0f}s in the upstream queue "
+                                      f"({e.waiting_for}); try again shortly", code=429,
+                                 headers={"Retry-After": str(max(1, round(e.retry_after)))}) from None
+        bal = self.balancers.get(dep.name)
+        if bal is not None:
+            bal.start(dep)
+        return pacer
+
+    def after_attempt(self, route: Route, token: Any, status: int, ttfb: float | None,
+                      retry_after: float | None, payload: Any) -> None:
+        dep = route.deployment
+        if dep is None:
+            return
+        if isinstance(token, UpstreamPacer):
+            token.release()
+        bal = self.balancers.get(dep.name)
+        if bal is not None:
+            bal.finish(dep)
+            if status == 200:
+                bal.report_success(dep, ttfb)
+            elif status == 0 or status >= 500 or status in (408, 429):
+                bal.report_failure(dep, retry_after if status == 429 else None)
+        pacer = self.pacers.get(id(dep))
+        if pacer is None or status != 429:
+            return
+        err = payload.get("error") if isinstance(payload, dict) else None
+        message = str(err.get("message", "")) if isinstance(err, dict) else ""
+        if "per-day" in message:
+            meta = err.get("metadata") if isinstance(err, dict) else None
+            hdrs = meta.get("headers") if isinstance(meta, dict) else None
+            reset = retry_after_seconds(hdrs) if isinstance(hdrs, dict) else None
+            pacer.mark_daily_exhausted(reset or _seconds_to_utc_midnight(time.time()))
+        elif retry_after:
+            pacer.cool_down(retry_after)  # queued requests wait it out instead of failing
