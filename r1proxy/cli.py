@@ -1,4 +1,7 @@
-"""Command line: ``r1proxy serve | check-config | keys new``; errors are one line and an exit code."""
+"""Command line: ``r1proxy serve | check-config | keys new | stats | cache … | logs``.
+
+Argument parsing and dispatch only; every error is one line on stderr and an exit code.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +26,29 @@ def _parser() -> argparse.ArgumentParser:
     ksub = k.add_subparsers(dest="keys_cmd", metavar="ACTION")
     kn = ksub.add_parser("new", help="make a new key: prints it once, and the TOML holding its sha256")
     kn.add_argument("name")
+    st = sub.add_parser("stats", help="hit rate, savings, cache sizes (live when the server is up)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                    help="refresh every SECONDS (default 2): a live monitor")
+    c = sub.add_parser("cache", help="inspect and manage the cache database")
+    csub = c.add_subparsers(dest="cache_cmd", metavar="ACTION")
+    ls = csub.add_parser("ls", help="most recently used entries")
+    ls.add_argument("--model", help="only this upstream model")
+    ls.add_argument("-n", type=int, default=50, help="how many (default 50)")
+    show = csub.add_parser("show", help="one entry: the canonical request and the stored answer")
+    show.add_argument("key")
+    pg = csub.add_parser("purge", help="delete entries (by model, by age, or all)")
+    pg.add_argument("--model", help="only this upstream model")
+    pg.add_argument("--older-than", metavar="AGE", help='created before AGE ago, e.g. "7d", "12h"')
+    pg.add_argument("--all", action="store_true", help="every entry")
+    csub.add_parser("vacuum", help="reclaim free space in the database file")
+    csub.add_parser("path", help="print the database path (for sqlite3)")
+    bk = csub.add_parser("backup", help="copy the database to PATH (VACUUM INTO; safe while serving)")
+    bk.add_argument("dest", metavar="PATH")
+    lg = sub.add_parser("logs", help="the request log (no prompts)")
+    lg.add_argument("-n", type=int, default=20, help="how many rows (default 20)")
+    lg.add_argument("--follow", "-f", action="store_true", help="keep printing new requests")
+    lg.add_argument("--errors", action="store_true", help="only failed requests")
     return p
 
 
@@ -41,11 +67,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.cmd == "serve":
             return _serve(args, config)
+        from . import ops
+
+        if args.cmd == "stats":
+            return ops.stats(config, args.json, args.watch)
+        if args.cmd == "logs":
+            return ops.logs(config, args.n, args.follow, args.errors)
+        if args.cmd == "cache":
+            if args.cache_cmd is None:
+                p.parse_args(["cache", "--help"])
+            if args.cache_cmd == "purge" and not (args.model or args.older_than or args.all):
+                print("r1proxy: purge needs --model, --older-than or --all", file=sys.stderr)
+                return 2
+            kw = {k: getattr(args, k) for k in ("model", "older_than", "all", "key", "dest") if hasattr(args, k)}
+            if args.cache_cmd == "ls":
+                kw["limit"] = args.n
+            return ops.cache(config, args.cache_cmd, **kw)
     except ConfigError as e:
         print(f"r1proxy: config error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # one line for the operator, never a traceback
+        from .db import DatabaseUnavailable
+        from .ops import OpsError
+
+        if isinstance(e, (OpsError, DatabaseUnavailable, OSError)):
+            print(f"r1proxy: {e}", file=sys.stderr)
+            return 1
+        raise
     p.print_help()
     return 2
 

@@ -64,7 +64,7 @@ def _kv(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return f"{value:.3f}".rstrip("0").rstrip(".") if value == value else "nan"
+        return format(value, ".6g") if value == value else "nan"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, Mapping):

@@ -1,0 +1,203 @@
+"""Operator commands behind the CLI: stats (live or from the database), cache admin, logs.
+
+Each function takes the resolved Config and returns an exit code; output goes to stdout,
+one-line errors to stderr. The database is opened the same way the server opens it, so
+migrations and the schema stay in their one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .cache.sqlite import SqliteTier
+from .config import Config, parse_duration
+from .db import Database
+from .reqlog import RequestLog
+
+
+class OpsError(Exception):
+    """A one-line error for the CLI."""
+
+
+async def _open(config: Config) -> Database:
+    if not config.db_path.exists():
+        raise OpsError(f"no database at {config.db_path} yet (start `r1proxy serve` once, or check state_dir)")
+    return await Database.open(config.db_path, check=False)
+
+
+async def live_stats(config: Config, timeout: float = 0.5) -> dict[str, Any] | None:
+    """The running server's /stats, or None when it is not up."""
+    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::", "") else config.server.host
+    headers = {"Authorization": f"Bearer {config.server.metrics_key}"} if config.server.metrics_key else {}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, \
+                s.get(f"http://{host}:{config.server.port}/stats", headers=headers) as r:
+            if r.status == 200:
+                return await r.json()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+    return None
+
+
+async def gather_stats(config: Config) -> dict[str, Any]:
+    db = await _open(config)
+    try:
+        summary = await RequestLog(db).summary()
+        disk = await SqliteTier(db).stats()
+    finally:
+        await db.close()
+    out: dict[str, Any] = {"database": str(config.db_path), **summary,
+                           "disk": {"entries": disk.entries, "stored_bytes": disk.bytes, "raw_bytes": disk.raw_bytes},
+                           "server": "down"}
+    live = await live_stats(config)
+    if live is not None:
+        out["server"] = "up"
+        out["live"] = live
+        out["memory"] = {"entries": live.get("l1_cache_size", 0), "bytes": live.get("l1_cache_bytes", 0)}
+    return out
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def format_stats(s: dict[str, Any]) -> str:
+    o, t, d = s["overall"], s["today"], s["disk"]
+    lines = [
+        f"r1proxy stats — {s['database']} (server {s['server']})",
+        f"  requests      today {t['requests']:>8}   all time {o['requests']:>8}",
+        f"  hit rate      today {t['hit_rate']:>8.1%}   all time {o['hit_rate']:>8.1%}",
+        f"  tokens saved  today {t['tokens_saved']:>8}   all time {o['tokens_saved']:>8}",
+        f"  $ saved       today {t['usd_saved']:>8.4f}   all time {o['usd_saved']:>8.4f}",
+        f"  $ spent       today {t['usd_spent']:>8.4f}   all time {o['usd_spent']:>8.4f}",
+        f"  upstream errs today {t['upstream_errors']:>8}   all time {o['upstream_errors']:>8}",
+        f"  disk cache    {d['entries']} entries, {_human(d['stored_bytes'])} stored "
+        f"({_human(d['raw_bytes'])} raw)",
+    ]
+    if "memory" in s:
+        m = s["memory"]
+        live = s.get("live", {})
+        lines.append(f"  memory cache  {m['entries']} entries, {_human(m['bytes'])}")
+        lines.append(f"  live          {live.get('in_flight', 0)} in flight, up {live.get('uptime_s', 0):.0f}s, "
+                     f"session hit rate {live.get('overall_hit_rate', 0):.1%}")
+    if s["top_models"]:
+        lines.append("  top models    " + ", ".join(f"{m['model']} ({m['requests']})" for m in s["top_models"]))
+    return "\n".join(lines)
+
+
+def stats(config: Config, as_json: bool, watch: float | None) -> int:
+    while True:
+        s = asyncio.run(gather_stats(config))
+        text = json.dumps(s, indent=2) if as_json else format_stats(s)
+        if watch is None:
+            print(text)
+            return 0
+        sys.stdout.write("\x1b[H\x1b[2J" + text + f"\n\n(refreshing every {watch:g}s; Ctrl-C to quit)\n")
+        sys.stdout.flush()
+        time.sleep(watch)
+
+
+async def _cache(config: Config, action: str, **kw: Any) -> int:
+    db = await _open(config)
+    try:
+        tier = SqliteTier(db)
+        if action == "ls":
+            rows = await tier.list_entries(limit=kw.get("limit", 50), model=kw.get("model"))
+            for r in rows:
+                created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.get("created_at") or 0))
+                print(f"{r['key']}  {created}  hits={r.get('hits') or 0:<4} {r.get('model') or '':<28} "
+                      f"{(r.get('preview_answer') or '')[:60]!r}")
+            if not rows:
+                print("(cache is empty)")
+        elif action == "show":
+            entry = await tier.get(kw["key"])
+            if entry is None:
+                raise OpsError(f"no cache entry {kw['key']}")
+            try:
+                request = json.loads(entry.request) if entry.request else None
+            except ValueError:
+                request = entry.request.decode("utf-8", "replace")
+            print(json.dumps({"key": entry.key, "model": entry.model, "created_at": entry.created_at,
+                              "expires_at": entry.expires_at, "hits": entry.hits, "request": request,
+                              "completion": entry.completion}, indent=2, ensure_ascii=False))
+        elif action == "purge":
+            older = kw.get("older_than")
+            try:
+                n = await tier.purge(model=kw.get("model"), older_than_s=parse_duration(older) if older else None,
+                                     all=kw.get("all", False))
+            except ValueError as e:
+                raise OpsError(str(e)) from None
+            print(f"purged {n} entr{'y' if n == 1 else 'ies'} (a running server may still hold some in memory "
+                  "until restart)")
+        elif action == "vacuum":
+            await db.flush()
+            before = config.db_path.stat().st_size
+            await db.execute("VACUUM")
+            print(f"vacuumed {config.db_path}: {_human(before)} → {_human(config.db_path.stat().st_size)}")
+        elif action == "backup":
+            dest = Path(kw["dest"]).expanduser()
+            if dest.exists():
+                raise OpsError(f"{dest} already exists; choose a new file")
+            await db.execute("VACUUM INTO ?", (str(dest),))
+            print(f"backed up {config.db_path} to {dest}")
+        return 0
+    finally:
+        await db.close()
+
+
+def cache(config: Config, action: str, **kw: Any) -> int:
+    if action == "path":
+        print(config.db_path)
+        return 0
+    return asyncio.run(_cache(config, action, **kw))
+
+
+_LOG_COLUMNS = ("id", "ts", "key_name", "alias", "cache", "tier", "status", "error_type", "latency_ms", "ttfb_ms",
+                "prompt_tokens", "completion_tokens", "cost", "cost_saved", "route")
+
+
+def _log_line(d: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["ts"] or 0))
+    return (f"{when} {d['status']} {d['cache'] or '':<9} {d['tier'] or '':<6} {d['alias'] or '':<18} "
+            f"{d['latency_ms'] or 0:>9.1f}ms tok={d['prompt_tokens'] or 0}/{d['completion_tokens'] or 0}"
+            f" key={d['key_name'] or ''}" + (f" err={d['error_type']}" if d["error_type"] else "")
+            + (f" route={d['route']}" if d["route"] else ""))
+
+
+def logs(config: Config, n: int, follow: bool, errors: bool) -> int:
+    """The last n request-log rows (no prompts are logged); --follow polls for new ones."""
+    if not config.db_path.exists():
+        raise OpsError(f"no database at {config.db_path} yet")
+    conn = sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True, timeout=5)
+    cond = "(status >= 400 OR COALESCE(error_type, '') != '')" if errors else "1"
+    cols = ", ".join(_LOG_COLUMNS)
+    try:
+        rows = conn.execute(f"SELECT {cols} FROM requests WHERE {cond} ORDER BY id DESC LIMIT ?", (n,)).fetchall()
+        last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0]
+        for r in reversed(rows):
+            print(_log_line(dict(zip(_LOG_COLUMNS, r, strict=True))))
+        while follow:
+            sys.stdout.flush()
+            time.sleep(1.0)
+            for r in conn.execute(f"SELECT {cols} FROM requests WHERE id > ? AND {cond} ORDER BY id",
+                                  (last,)).fetchall():
+                d = dict(zip(_LOG_COLUMNS, r, strict=True))
+                last = max(last, d["id"])
+                print(_log_line(d))
+        return 0
+    except sqlite3.Error as e:
+        raise OpsError(f"cannot read {config.db_path}: {e}") from None
+    finally:
+        conn.close()
