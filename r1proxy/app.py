@@ -141,9 +141,12 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     finally:
         sdnotify.stopping()
         log.info("shutting down: finishing in-flight requests (up to %gs)", config.server.shutdown_timeout)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not cut the drain short
+            loop.add_signal_handler(sig, log.info, "already shutting down")
+        loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         log.info("stopped")
 
 
