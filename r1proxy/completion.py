@@ -53,6 +53,11 @@ class _ThinkSplitter:
 
     def feed(self, text: str) -> tuple[str, str]:
         """(reasoning, content) to emit for this piece of content."""
+        if self.state == "after":  # the newlines after </think> may come in later chunks
+            text = text.lstrip("\n")
+            if text:
+                self.state = "out"
+            return "", text
         if self.state == "out":
             return "", text
         self.buf += text
@@ -68,7 +73,7 @@ class _ThinkSplitter:
         end = self.buf.find(CLOSE)
         if end >= 0:
             reasoning, rest = self.buf[:end], self.buf[end + len(CLOSE):].lstrip("\n")
-            self.state, self.buf = "out", ""
+            self.state, self.buf = ("out" if rest else "after"), ""
             return reasoning, rest
         hold = next((k for k in range(len(CLOSE) - 1, 0, -1) if self.buf.endswith(CLOSE[:k])), 0)
         out, self.buf = (self.buf[:-hold], self.buf[-hold:]) if hold else (self.buf, "")
@@ -149,12 +154,18 @@ class Renderer:
         self._open: dict[int, bool] = {}  # think-tags: choice index -> inside an open <think>
 
     def chunk(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        """The chunk in this mode; a changed chunk is a copy (flight items are shared by every follower)."""
         if self.mode == "field":
             return chunk
-        for ch in chunk.get("choices") or ():
+        choices = chunk.get("choices")
+        if not choices:
+            return chunk
+        chunk = {**chunk, "choices": [dict(ch) if isinstance(ch, dict) else ch for ch in choices]}
+        for ch in chunk["choices"]:
             delta = ch.get("delta") if isinstance(ch, dict) else None
             if not isinstance(delta, dict):
                 continue
+            delta = ch["delta"] = dict(delta)
             r = delta.pop("reasoning_content", None)
             if self.mode == "drop":
                 continue

@@ -70,6 +70,10 @@ class Hooks:
         """A reason to skip this route now (cooling down, quota exhausted), or None."""
         return None
 
+    def skip_error(self, route: Route, why: str) -> ProxyError:
+        """What the client sees when ``skip`` left no route to try."""
+        return ProxyError(503, f"{route.label} is unavailable: {why}")
+
 
 def retry_after_s(headers: Any) -> float | None:
     for name, scale in (("retry-after-ms", 0.001), ("Retry-After", 1.0)):
@@ -156,7 +160,7 @@ class Flight:
             why = hooks.skip(route)
             if why:
                 self.outcome.upstream_errors.append(f"{route.label}: {why}")
-                last = last or ProxyError(503, f"{route.label} is unavailable: {why}")
+                last = last or hooks.skip_error(route, why)
                 continue
             for attempt in range(retry.max_attempts):
                 self.outcome.attempts += 1

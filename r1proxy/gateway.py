@@ -274,7 +274,9 @@ class Gateway:
         canonical = b""
         if use_cache:
             primary = prepare(body, first, ctx.upstream_model)
-            cache_key, canonical = self.keys.cache_key(routes[0].upstream.name, primary, cc.namespace)
+            # the alias's first deployment, not routes[0]: the balancer rotates that, the key must not move
+            upstream = first.upstream if first is not None else self.config.server.default_upstream
+            cache_key, canonical = self.keys.cache_key(upstream, primary, cc.namespace)
             ctx.cache_key = cache_key
             if cc.lookup:
                 hit = await self._lookup(cache_key, cc)
@@ -427,6 +429,7 @@ class Gateway:
         replayed = False
 
         async def open_stream() -> web.StreamResponse:
+            ctx.route = flight.outcome.route  # known once upstream answered (not for early headers)
             headers = self._cache_headers(ctx)
             headers.update(flight.headers)
             headers.update(sse.SSE_HEADERS)

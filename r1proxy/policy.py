@@ -58,6 +58,15 @@ class UpstreamPolicy(Hooks):
             return "cooling down after repeated failures"
         return None
 
+    def skip_error(self, route: Route, why: str) -> ProxyError:
+        pacer = self.pacers.get(id(route.deployment))
+        left = pacer.daily_exhausted_until - self._now() if pacer is not None else 0.0
+        if left > 0:  # a 429 the SDK must not retry, as for the upstream's own daily-quota 429
+            return ProxyError(429, f"{route.label}: the free daily quota is used up; it resets in "
+                                   f"{left / 3600:.1f} h", code=429,
+                              headers={"x-should-retry": "false", "Retry-After": str(max(1, round(left)))})
+        return super().skip_error(route, why)
+
     async def before_attempt(self, route: Route) -> Any:
         dep = route.deployment
         if dep is None:
