@@ -4,8 +4,10 @@ Metadata sits in plain columns; the completion (compact JSON) and the canonical 
 zstd blobs. Writes (put, touch) are queued on the database writer and never fail a caller;
 reads that hit a damaged row log it, drop the row and report a miss. Eviction (expired past
 the stale window, then least recently used down to 90% of the byte cap) runs in the
-background every ``evict_every`` puts, and on demand via ``evict(now)``. The tier does not
-own the ``Database``: whoever opened it closes it.
+background every ``evict_every`` puts, and on demand via ``evict(now)``. A put is visible to
+``get`` at once: until its row is committed the entry is served from a small pending map (with
+the memory tier off, or an entry too big for it, an immediate repeat would miss otherwise). The
+tier does not own the ``Database``: whoever opened it closes it.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ _LIST_COLUMNS = ("key", "namespace", "model", "created_at", "last_hit_at", "hits
 class SqliteTier:
     """CacheTier on SQLite. ``max_bytes`` caps stored (compressed) bytes; 0 means no cap.
 
-    ``get`` reads committed rows only: a ``put`` still queued on the writer is not visible
-    until it lands (``await db.flush()`` to wait). The memory tier covers that gap.
+    ``get`` sees committed rows and the entries of puts still queued on the writer (kept in
+    ``_pending`` until their row lands), so a put is readable at once, as in the memory tier.
     """
 
     name = "sqlite"
@@ -72,9 +74,14 @@ class SqliteTier:
         self._dctx = zstandard.ZstdDecompressor()
         self._puts_since_evict = 0
         self._evicting: asyncio.Task[int] | None = None
+        self._pending: dict[str, CacheEntry] = {}  # put, row maybe not committed yet
+        self._settling: asyncio.Task[None] | None = None
 
     async def get(self, key: str) -> CacheEntry | None:
         """The entry (fresh or expired) or None; a damaged row is deleted and reported as a miss."""
+        pending = self._pending.get(key)
+        if pending is not None:
+            return pending
         try:
             row = await self.db.fetchone(_GET, (key,))
         except sqlite3.Error as e:
@@ -92,6 +99,9 @@ class SqliteTier:
     async def put(self, entry: CacheEntry) -> None:
         """Queue an INSERT OR REPLACE; returns without waiting for the disk."""
         self.db.submit(_PUT, self._encode(entry))
+        self._pending[entry.key] = entry
+        if self._settling is None or self._settling.done():
+            self._settling = asyncio.get_running_loop().create_task(self._settle())
         self._puts_since_evict += 1
         if self._puts_since_evict >= self.evict_every and (self._evicting is None or self._evicting.done()):
             self._puts_since_evict = 0
@@ -102,6 +112,7 @@ class SqliteTier:
 
     async def delete(self, key: str) -> bool:
         """True if a row was deleted; False when absent or the write failed (already logged)."""
+        self._pending.pop(key, None)  # its queued INSERT runs before this DELETE (one FIFO writer)
         try:
             return await self.db.execute(_DELETE, (key,)) > 0
         except sqlite3.Error:
@@ -151,14 +162,32 @@ class SqliteTier:
             params.append((self._clock() if now is None else now) - older_than_s)
         if not conds and not all:
             raise ValueError("purge needs a model, an age, or all=True")
+        cutoff = params[-1] if older_than_s is not None else None
+        for k, e in list(self._pending.items()):
+            if (not model or e.model == model) and (cutoff is None or e.created_at < cutoff):
+                del self._pending[k]
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         return await self.db.execute(f"DELETE FROM cache_entries{where}", params)
 
     async def close(self) -> None:
-        """Wait for a running eviction; leaves the Database open (its owner closes it)."""
+        """Stop tracking queued puts, wait for a running eviction; leaves the Database open (its owner closes it)."""
+        if self._settling is not None:
+            self._settling.cancel()
+            await asyncio.gather(self._settling, return_exceptions=True)
+            self._settling = None
+        self._pending.clear()
         if self._evicting is not None:
             await asyncio.gather(self._evicting, return_exceptions=True)
             self._evicting = None
+
+    async def _settle(self) -> None:
+        """Forget pending entries once the writer has run the puts queued before them."""
+        while self._pending:
+            queued = list(self._pending.items())
+            await self.db.flush()  # every write queued so far has been committed (or skipped on error)
+            for key, entry in queued:
+                if self._pending.get(key) is entry:
+                    del self._pending[key]
 
     async def _evict_quietly(self) -> int:
         try:
