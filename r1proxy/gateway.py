@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -88,6 +89,8 @@ def parse_cache_control(header: str | None, body_cache: Any) -> CacheControl:
         elif name in ("max-age", "s-maxage"):
             try:
                 cc.max_age = max(0.0, float(value.strip().strip('"')))
+                if not math.isfinite(cc.max_age):
+                    raise ValueError
             except ValueError:
                 raise bad_request(f"Cache-Control {name} must be a number of seconds") from None
     if body_cache is not None:
@@ -100,7 +103,7 @@ def parse_cache_control(header: str | None, body_cache: Any) -> CacheControl:
         for name, attr in (("ttl", "ttl"), ("s-maxage", "max_age")):
             if name in body_cache:
                 v = body_cache[name]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                     raise bad_request(f"cache.{name} must be a number of seconds", f"cache.{name}")
                 setattr(cc, attr, float(v))
         ns = body_cache.get("namespace")
@@ -406,7 +409,7 @@ class Gateway:
             await flight.wait(None)
         self._take_outcome(ctx, flight)
         if flight.result is None or (flight.error is not None and not flight.result):
-            stale = await self._stale(key, cc)
+            stale = await self._stale(key, cc, flight.error)
             if stale is not None:
                 raise _Stale(stale)
             raise flight.error or ProxyError(502, "Upstream gave no answer")
@@ -479,7 +482,7 @@ class Gateway:
                 await resp.write(data)
             elif flight.error is not None and not flight.error_in_stream:
                 if resp is None:
-                    stale = await self._stale(key, cc)
+                    stale = await self._stale(key, cc, flight.error)
                     if stale is not None:
                         raise _Stale(stale)
                     raise flight.error
@@ -508,9 +511,12 @@ class Gateway:
         if ctx.cache != "COALESCED":
             ctx.ttfb = ctx.ttfb if ctx.ttfb is not None else flight.outcome.ttfb
 
-    async def _stale(self, key: str, cc: CacheControl) -> CacheEntry | None:
+    async def _stale(self, key: str, cc: CacheControl, error: ProxyError | None) -> CacheEntry | None:
+        """An expired entry still inside the stale-if-error window, when the failure is the upstream's."""
         if not key or self.cache is None or not cc.stale_ok or not self.config.cache.stale_if_error:
             return None
+        if error is not None and not (error.status >= 500 or error.status in (408, 429)):
+            return None  # 4xx like 400/401/402 need fixing, not hiding (RFC 5861 serves stale for 5xx)
         entry, _tier = await self.cache.get(key)
         if entry is None or self.clock() > entry.expires_at + self.config.cache.stale_if_error:
             return None

@@ -644,6 +644,19 @@ async def test_stale_if_error_off(proxy: Any, fake_server: Any) -> None:
     assert r.status == 503
 
 
+@pytest.mark.parametrize("status", [400, 401, 402])
+async def test_stale_is_not_served_for_the_clients_own_errors(proxy: Any, fake_server: Any, status: int) -> None:
+    """A bad key or no credit needs fixing, not hiding behind yesterday's answer (RFC 5861: 5xx only)."""
+    client = await proxy(cache={"ttl": 60, "stale_if_error": 3600}, retry={"max_attempts": 1})
+    move = frozen_clock(client)
+    await answer(client, roo_body(stream=False))
+    move(T0 + 100)
+    fake_server.script(Script(status=status))
+    r, text = await post(client, roo_body(stream=False))
+    assert r.status == status and r.headers["X-Cache"] != "STALE"
+    assert json.loads(text)["error"]["message"]
+
+
 async def test_mid_stream_error_after_expiry_is_not_masked_by_stale(proxy: Any, fake_server: Any) -> None:
     """Bytes already reached the client: the error must show, not a stale answer spliced in."""
     client = await proxy(cache={"ttl": 60}, retry={"max_attempts": 1})
