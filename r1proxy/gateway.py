@@ -9,15 +9,18 @@ only complete, successful answers are stored.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
+import xxhash
 from aiohttp import web
 
 from . import sse
@@ -73,6 +76,10 @@ class Ctx:
     generation_id: str = ""
     cost_saved: float = 0.0
     admitted: bool = False
+    latency: float = 0.0
+
+
+_DEFAULT_CC = CacheControl()  # read-only: requests with no cache controls share it
 
 
 def parse_cache_control(header: str | None, body_cache: Any) -> CacheControl:
@@ -138,6 +145,25 @@ def validate(raw: bytes) -> dict[str, Any]:
     return body
 
 
+@dataclass(slots=True)
+class Ident:
+    """What a raw request body means (pure function of the bytes and the config): memoised so a
+    repeated body skips JSON parsing and canonicalisation on the hit path."""
+
+    model: str
+    stream: bool
+    body_cache: Any
+    cache_key: str
+    canonical: bytes = b""
+    body: dict[str, Any] | None = None
+
+    def memo(self) -> Ident:
+        return Ident(self.model, self.stream, self.body_cache, self.cache_key)
+
+
+IDENT_MEMO_SIZE = 4096
+
+
 class Gateway:
     def __init__(self, config: Config, session: aiohttp.ClientSession, cache: TieredCache | None,
                  reqlog: RequestLog | None = None, hooks: Hooks | None = None) -> None:
@@ -157,6 +183,10 @@ class Gateway:
         self.usage: dict[tuple[str, str], list[float]] = {}  # (key name, UTC day) -> [requests, tokens, usd]
         self.clock = time.time
         self.started_at = time.time()
+        self._idents: OrderedDict[bytes, Ident] = OrderedDict()
+        self._pending: list[Ctx] = []
+        self._rid = itertools.count(1)
+        self._rid_prefix = uuid.uuid4().hex[:6]
 
     async def start(self) -> None:
         """Load today's per-key usage (daily budgets survive a restart)."""
@@ -168,13 +198,15 @@ class Gateway:
                 self.reqlog.prune(self.clock() - self.config.server.log_retention)
 
     async def refresh_cache_stats(self) -> None:
+        self.flush_accounting()
         if self.cache is not None:
             self.metrics.set_cache_stats(await self.cache.stats())
 
     async def stop(self, timeout: float) -> None:
-        """Let flights that are finishing for the cache end, within ``timeout``."""
+        """Let flights that are finishing for the cache end, within ``timeout``; account for everything."""
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=timeout)
+        self.flush_accounting()
 
     def reload(self, config: Config) -> None:
         """Take new keys and key limits from a re-read config (SIGHUP); the rest needs a restart."""
@@ -190,17 +222,21 @@ class Gateway:
 
     # -- routing ---------------------------------------------------------------------------
 
-    def deployments(self, name: str, key: KeyConfig) -> tuple[str, list[ModelConfig | None]]:
-        if key.models and name not in key.models:
-            raise ProxyError(403, f"This key may not use model {name!r}", code="model_not_allowed", param="model")
+    def resolve(self, name: str) -> list[ModelConfig | None]:
+        """The deployments of a model alias; [None] for a pass-through model id."""
         deps = self.aliases.get(name)
         if deps:
-            return name, list(deps)
+            return list(deps)
         if not self.config.server.allow_unknown_models:
             known = ", ".join(sorted(self.aliases))
             raise ProxyError(404, f"Unknown model {name!r}; configured models: {known}", code="model_not_found",
                              param="model")
-        return name, [None]
+        return [None]
+
+    @staticmethod
+    def allowed(name: str, key: KeyConfig) -> None:
+        if key.models and name not in key.models:
+            raise ProxyError(403, f"This key may not use model {name!r}", code="model_not_allowed", param="model")
 
     def routes(self, alias: str, deps: list[ModelConfig | None], body: dict[str, Any]) -> list[Route]:
         """Deployments of the alias (balancer's order), then each fallback alias's deployments."""
@@ -223,7 +259,8 @@ class Gateway:
     # -- the endpoint ----------------------------------------------------------------------
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        ctx = Ctx(request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16], t0=time.monotonic())
+        ctx = Ctx(request_id=request.headers.get("X-Request-Id") or f"{self._rid_prefix}{next(self._rid):x}",
+                  t0=time.monotonic())
         self.metrics.inc_in_flight()
         held = False
         try:
@@ -245,6 +282,8 @@ class Gateway:
 
     def _admit(self, key: KeyConfig) -> None:
         """Per-key rpm/tpm/parallel limits and daily budgets; raises a 429 when over."""
+        if self._pending:
+            self.flush_accounting()  # usage must be current before it is judged
         if key.daily_tokens or key.daily_usd:
             used = self.usage.get((key.name, utc_day(self.clock())))
             if used is not None:
@@ -259,27 +298,75 @@ class Gateway:
             raise ProxyError(429, f"Rate limit for key {key.name!r} reached ({d.reason}); retry in "
                                   f"{max(1, round(d.retry_after))}s", code="rate_limit_exceeded", headers=d.headers())
 
+    def identify(self, raw: bytes) -> Ident:
+        """Validate and derive everything the body decides (raises 400/404 for bad input)."""
+        body = validate(raw)
+        deps = self.resolve(body["model"])
+        first = deps[0]
+        body_cache = body.get("cache")
+        cc = parse_cache_control(None, body_cache)  # validates the body's cache object
+        cache_key, canonical = "", b""
+        if self.cache is not None and self.config.cache.enabled:
+            primary = prepare(body, first, first.model if first else body["model"])
+            # the alias's first deployment, not the balancer's pick: the key must not move
+            upstream = first.upstream if first is not None else self.config.server.default_upstream
+            cache_key, canonical = self.keys.cache_key(upstream, primary, cc.namespace)
+        return Ident(body["model"], bool(body.get("stream")), body_cache, cache_key, canonical, body)
+
+    async def _fast_hit(self, request: web.Request, ctx: Ctx, key: KeyConfig,
+                        ident: Ident) -> web.StreamResponse | None:
+        """A memory hit for a body seen before, without parsing it; None to take the full path."""
+        assert self.cache is not None
+        deps = self.aliases.get(ident.model)
+        if deps is None and not self.config.server.allow_unknown_models:
+            return None
+        self.allowed(ident.model, key)
+        header = request.headers.get("Cache-Control")
+        cc = _DEFAULT_CC if header is None and ident.body_cache is None else parse_cache_control(
+            header, ident.body_cache)
+        if not cc.lookup:
+            return None
+        entry = self.cache.get_nowait(ident.cache_key)
+        if entry is None or not self._usable(entry, cc):
+            return None
+        first = deps[0] if deps else None
+        ctx.stream, ctx.alias, ctx.cache_key = ident.stream, ident.model, ident.cache_key
+        ctx.upstream_model = first.model if first else ident.model
+        return await self._serve_hit(request, ctx, entry, self.cache.memory_name, ident.stream,
+                                     first.reasoning if first else "field", "HIT")
+
     async def _chat(self, request: web.Request, ctx: Ctx, key: KeyConfig, admit: bool) -> web.StreamResponse:
         raw = await request.read()
         ctx.request_bytes = len(raw)
-        body = validate(raw)
-        stream = bool(body.get("stream"))
+        use_cache = self.cache is not None and self.config.cache.enabled
+        digest = b""
+        if use_cache:
+            digest = xxhash.xxh3_128_digest(raw)
+            known = self._idents.get(digest)
+            if known is not None:
+                self._idents.move_to_end(digest)
+                fast = await self._fast_hit(request, ctx, key, known)
+                if fast is not None:
+                    return fast
+        ident = self.identify(raw)
+        if use_cache:
+            self._idents[digest] = ident.memo()
+            if len(self._idents) > IDENT_MEMO_SIZE:
+                self._idents.popitem(last=False)
+        body = ident.body
+        assert body is not None
+        stream = ident.stream
         ctx.stream = stream
-        cc = parse_cache_control(request.headers.get("Cache-Control"), body.get("cache"))
-        alias, deps = self.deployments(body["model"], key)
+        cc = parse_cache_control(request.headers.get("Cache-Control"), ident.body_cache)
+        alias = ident.model
+        self.allowed(alias, key)
+        deps = self.resolve(alias)
         ctx.alias = alias
         first = deps[0]
         mode = first.reasoning if first else "field"
-        routes = self.routes(alias, deps, body)
         ctx.upstream_model = first.model if first else alias
-        use_cache = self.cache is not None and self.config.cache.enabled
-        cache_key = ""
-        canonical = b""
+        cache_key, canonical = ident.cache_key, ident.canonical
         if use_cache:
-            primary = prepare(body, first, ctx.upstream_model)
-            # the alias's first deployment, not routes[0]: the balancer rotates that, the key must not move
-            upstream = first.upstream if first is not None else self.config.server.default_upstream
-            cache_key, canonical = self.keys.cache_key(upstream, primary, cc.namespace)
             ctx.cache_key = cache_key
             if cc.lookup:
                 hit = await self._lookup(cache_key, cc)
@@ -300,7 +387,7 @@ class Gateway:
             ctx.cache = "COALESCED"
         else:
             ctx.cache = "MISS" if use_cache and cc.lookup else ("BYPASS" if use_cache else "NONE")
-            flight = self._start(cache_key, stream, routes, request, cc, canonical, ctx)
+            flight = self._start(cache_key, stream, self.routes(alias, deps, body), request, cc, canonical, ctx)
         try:
             if stream:
                 return await self._follow_stream(request, ctx, flight, mode, cc, cache_key)
@@ -316,14 +403,13 @@ class Gateway:
     async def _lookup(self, key: str, cc: CacheControl) -> tuple[CacheEntry, str] | None:
         assert self.cache is not None
         entry, tier = await self.cache.get(key)
-        if entry is None:
-            return None
-        now = self.clock()
-        if not entry.fresh(now):
-            return None
-        if cc.max_age is not None and now - entry.created_at > cc.max_age:
+        if entry is None or not self._usable(entry, cc):
             return None
         return entry, tier or ""
+
+    def _usable(self, entry: CacheEntry, cc: CacheControl) -> bool:
+        now = self.clock()
+        return entry.fresh(now) and (cc.max_age is None or now - entry.created_at <= cc.max_age)
 
     def _start(self, key: str, stream: bool, routes: list[Route], request: web.Request, cc: CacheControl,
                canonical: bytes, ctx: Ctx) -> Flight:
@@ -523,8 +609,23 @@ class Gateway:
         return entry
 
     def finished(self, ctx: Ctx) -> None:
-        """Account for one request: metrics, the request log row, the log line, key usage."""
-        latency = time.monotonic() - ctx.t0
+        """Queue a request's accounting; it runs right after the reply is on its way (off the hot path)."""
+        ctx.latency = time.monotonic() - ctx.t0
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush_accounting)
+        self._pending.append(ctx)
+
+    def flush_accounting(self) -> None:
+        """Account for every finished request: metrics, key usage, request-log rows, log lines."""
+        pending, self._pending = self._pending, []
+        rows = [row for ctx in pending if (row := self._account(ctx)) is not None]
+        if rows and self.reqlog is not None:
+            self.reqlog.record_many(rows)
+        for row in rows:
+            log_request(log, row)
+
+    def _account(self, ctx: Ctx) -> dict[str, Any] | None:
+        latency = ctx.latency
         usage = ctx.usage or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
@@ -551,7 +652,7 @@ class Gateway:
             if tokens:
                 self.limiter.add_tokens(ctx.key_name, tokens)
         if not self.config.server.log_requests:
-            return
+            return None
         row = {"ts": self.clock(), "request_id": ctx.request_id, "key_name": ctx.key_name, "alias": ctx.alias,
                "upstream_model": ctx.upstream_model, "route": ctx.route, "stream": int(ctx.stream),
                "cache": ctx.cache, "tier": ctx.tier, "status": ctx.status, "error_type": ctx.error_type,
@@ -561,11 +662,9 @@ class Gateway:
                "cost": cost, "cost_saved": ctx.cost_saved if served_from_cache else 0.0,
                "request_bytes": ctx.request_bytes, "response_bytes": ctx.response_bytes,
                "generation_id": ctx.generation_id, "cache_key": ctx.cache_key}
-        if self.reqlog is not None:
-            self.reqlog.record(row)
-            if ctx.key_name:
-                self.reqlog.add_usage(ctx.key_name, utc_day(row["ts"]), 1, tokens, cost)
-        log_request(log, row)
+        if self.reqlog is not None and ctx.key_name:
+            self.reqlog.add_usage(ctx.key_name, utc_day(row["ts"]), 1, tokens, cost)
+        return row
 
 
 class _Stale(Exception):

@@ -87,6 +87,10 @@ class RequestLog:
         """Queue one request row; keys not in REQUEST_COLUMNS are ignored, missing ones are NULL."""
         self.db.submit(_INSERT, tuple(row.get(c) for c in REQUEST_COLUMNS))
 
+    def record_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Queue several request rows as one batch."""
+        self.db.submit_many(_INSERT, [tuple(row.get(c) for c in REQUEST_COLUMNS) for row in rows])
+
     def prune(self, older_than_ts: float) -> None:
         """Queue deletion of request rows logged before ``older_than_ts``."""
         self.db.submit(_PRUNE, (older_than_ts,))

@@ -20,6 +20,10 @@ class TieredCache:
         self.memory = memory
         self.tiers = list(tiers)
 
+    @property
+    def memory_name(self) -> str:
+        return self.memory.name if self.memory is not None else ""
+
     def get_nowait(self, key: str) -> CacheEntry | None:
         """Memory-only lookup for the hot path; None when absent or memory is disabled."""
         return self.memory.get_nowait(key) if self.memory is not None else None
