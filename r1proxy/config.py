@@ -129,7 +129,8 @@ class ModelConfig:
 
 
 # Roo Code's <environment_details> carries a "# Current Time" section that changes every request
-ROO_CURRENT_TIME = r"(?m)^# Current Time\n(?:.+\n?)*"
+# (no leading ^: a pattern that starts with a literal is found by a fast scan, not tried at every offset)
+ROO_CURRENT_TIME = r"# Current Time\n(?:.+\n?)*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +188,7 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     source: str = "(built-in defaults)"
+    use_env_proxy: bool = False  # HTTP(S)_PROXY set: route upstream calls through it
 
     @property
     def state_path(self) -> Path:
@@ -340,8 +342,10 @@ def build_config(raw: Mapping[str, Any], *, source: str = "(in memory)",
     retry = p.section(RetryConfig, raw.get("retry", {}), "retry")
     if retry.max_attempts < 1:
         p.fail("retry.max_attempts", "must be at least 1")
+    env_proxy = any(env.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                         "ALL_PROXY", "all_proxy"))
     return Config(server=server, keys=keys, upstreams=resolved, models=models, cache=cache,
-                  stream=stream, retry=retry, source=source)
+                  stream=stream, retry=retry, source=source, use_env_proxy=env_proxy)
 
 
 def _key(p: _Parser, body: Any, i: int) -> KeyConfig:

@@ -419,6 +419,7 @@ class Gateway:
         async def done(f: Flight) -> None:
             if key and self.flights.get(key) is f:
                 del self.flights[key]
+            await asyncio.sleep(0)  # followers send [DONE] first; compressing for the store can wait
             if f.result is not None and f.cacheable and cc.store and self.cache is not None and key:
                 await self._store(key, f, cc, canonical, ctx)
 

@@ -203,10 +203,14 @@ async def test_submit_after_close_is_dropped(tmp_path: Path) -> None:
 # --- eviction ----------------------------------------------------------------------------
 
 def test_memory_lru_is_bounded_in_bytes() -> None:
-    mem = MemoryTier(max_bytes=10_000)
+    held = MemoryTier(max_bytes=10**9).put_nowait(entry("v1:x", size=1500))
+    assert held is not None
+    one = held.size()  # as the memory tier holds it (without the canonical request)
+    budget = 4 * one + one // 2  # room for four entries, not five
+    mem = MemoryTier(max_bytes=budget)
     for i in range(5):
-        mem.put_nowait(entry(f"v1:{i}", size=1500))  # size() = 512 + 1500
-    assert mem.entries == 4 and mem.evictions == 1 and mem.bytes <= 10_000
+        mem.put_nowait(entry(f"v1:{i}", size=1500))
+    assert mem.entries == 4 and mem.evictions == 1 and mem.bytes <= budget
     assert mem.get_nowait("v1:0") is None
     assert mem.get_nowait("v1:1") is not None  # now most recent
     mem.put_nowait(entry("v1:5", size=1500))
@@ -214,13 +218,13 @@ def test_memory_lru_is_bounded_in_bytes() -> None:
 
     big = mem.get_nowait("v1:1")
     assert big is not None
-    mem.note_rendered(big, ("sse", True), b"x" * 3000)
-    assert mem.bytes <= 10_000
+    mem.note_rendered(big, ("sse", True), b"x" * (one // 2 + 1))
+    assert mem.bytes <= budget
     assert mem.get_nowait("v1:1") is big
     assert mem.entries == 3
 
-    mem.put_nowait(entry("v1:huge", size=20_000))  # larger than the budget: not stored
-    assert mem.get_nowait("v1:huge") is None and mem.bytes <= 10_000
+    mem.put_nowait(entry("v1:huge", size=budget))  # larger than the budget: not stored
+    assert mem.get_nowait("v1:huge") is None and mem.bytes <= budget
 
 
 def test_memory_zero_budget_stores_nothing() -> None:

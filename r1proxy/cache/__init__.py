@@ -38,7 +38,7 @@ class TieredCache:
             entry = await tier.get(key)
             if entry is not None:
                 if self.memory is not None:
-                    self.memory.put_nowait(entry)
+                    entry = self.memory.put_nowait(entry) or entry
                 return entry, tier.name
         return None, None
 

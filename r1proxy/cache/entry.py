@@ -36,8 +36,9 @@ class CacheEntry:
         return now < self.expires_at
 
     def size(self) -> int:
-        """Approximate bytes held in memory (what the byte-bounded LRU counts)."""
-        return 512 + self.raw_bytes + sum(len(b) for b in self.rendered.values())
+        """Approximate bytes held in memory (what the byte-bounded LRU counts): the parsed completion
+        costs about twice its JSON (str headers, dicts), plus the ready-to-send bodies."""
+        return 1024 + 2 * self.raw_bytes + len(self.request) + sum(len(b) for b in self.rendered.values())
 
 
 @dataclass(slots=True)

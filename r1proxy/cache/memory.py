@@ -9,6 +9,7 @@ are returned like fresh ones and leave only by LRU eviction or ``delete()``.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 from r1proxy.cache.entry import CacheEntry, TierStats
@@ -43,19 +44,24 @@ class MemoryTier:
     async def get(self, key: str) -> CacheEntry | None:
         return self.get_nowait(key)
 
-    def put_nowait(self, entry: CacheEntry) -> None:
+    def put_nowait(self, entry: CacheEntry) -> CacheEntry | None:
         """Store or replace, then evict least recently used entries until within budget.
 
         An entry larger than the whole budget is not stored (and any old version dropped).
+        Returns the entry as held (without its canonical request), or None when not stored.
         """
         self._drop(entry.key)
+        if entry.request:  # the canonical request is for people inspecting the disk tier, not for hits
+            entry = replace(entry, request=b"", raw_bytes=max(0, entry.raw_bytes - len(entry.request)),
+                            rendered=dict(entry.rendered))
         size = entry.size()
         if size > self.max_bytes:
-            return
+            return None
         self._items[entry.key] = entry
         self._sizes[entry.key] = size
         self.bytes += size
         self._shrink()
+        return entry
 
     async def put(self, entry: CacheEntry) -> None:
         self.put_nowait(entry)
