@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -31,7 +32,7 @@ from .completion import Renderer, dumps, render_json, render_sse
 from .config import Config, KeyConfig, ModelConfig
 from .errors import ProxyError, bad_request
 from .flight import Flight, Hooks, Route
-from .logsetup import log_request
+from .logsetup import log_requests
 from .metrics import Metrics
 from .policy import UpstreamPolicy
 from .ratelimit import KeyLimiter
@@ -162,6 +163,7 @@ class Ident:
 
 
 IDENT_MEMO_SIZE = 4096
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class Gateway:
@@ -259,8 +261,10 @@ class Gateway:
     # -- the endpoint ----------------------------------------------------------------------
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        ctx = Ctx(request_id=request.headers.get("X-Request-Id") or f"{self._rid_prefix}{next(self._rid):x}",
-                  t0=time.monotonic())
+        rid = request.headers.get("X-Request-Id")
+        if rid is None or not _REQUEST_ID.fullmatch(rid):  # it goes into logs: only a plain token is kept
+            rid = f"{self._rid_prefix}{next(self._rid):x}"
+        ctx = Ctx(request_id=rid, t0=time.monotonic())
         self.metrics.inc_in_flight()
         held = False
         try:
@@ -622,8 +626,8 @@ class Gateway:
         rows = [row for ctx in pending if (row := self._account(ctx)) is not None]
         if rows and self.reqlog is not None:
             self.reqlog.record_many(rows)
-        for row in rows:
-            log_request(log, row)
+        if rows:
+            log_requests(log, [_access(row) for row in rows])
 
     def _account(self, ctx: Ctx) -> dict[str, Any] | None:
         latency = ctx.latency
@@ -671,6 +675,18 @@ class Gateway:
 class _Stale(Exception):
     def __init__(self, entry: CacheEntry) -> None:
         self.entry = entry
+
+
+def _access(row: dict[str, Any]) -> dict[str, Any]:
+    """The short access-log line for a request-log row (the database row has everything)."""
+    out = {"request_id": row["request_id"], "key_name": row["key_name"], "model": row["alias"], "status": row["status"],
+           "cache": row["cache"], "tier": row["tier"] or None, "ms": row["latency_ms"], "ttfb_ms": row["ttfb_ms"],
+           "tokens": f"{row['prompt_tokens']}/{row['completion_tokens']}", "bytes": row["response_bytes"]}
+    if row["route"]:
+        out["route"] = row["route"]
+    if row["error_type"]:
+        out["error"] = row["error_type"]
+    return out
 
 
 def _last_user_text(canonical: bytes) -> str:

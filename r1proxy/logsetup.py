@@ -8,6 +8,7 @@ Structured fields travel on the record as ``extra={FIELDS_ATTR: {...}}``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -26,9 +27,20 @@ _DENY_NAME = re.compile(r"key|auth|secret|passw|cookie|credential|bearer|^token$
 _PROMPT_NAMES = frozenset({"prompt", "prompts", "messages", "content", "body", "request_body",
                            "response_body", "system_prompt"})
 _SECRET_VALUE = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}|\bBearer\s+\S{8,}", re.IGNORECASE)
+_NEEDS_QUOTE = re.compile(r'[\s="\\]|[^\x20-\x7e]')  # would break "k=v k=v" or the one-line rule
+BATCH_ATTR = "r1proxy_batch"  # a record carrying several access lines (one write for many requests)
 _MAX_VALUE_CHARS = 256
 _RESERVED = frozenset({"ts", "level", "logger", "msg", "exc"})
 _HANDLER_MARK = "_r1proxy_handler"
+
+
+@functools.lru_cache(maxsize=1024)
+def _name_kind(name: str) -> str:
+    """"drop" (credential-like), "prompt" (text under a prompt name) or "ok"; names repeat, so cached."""
+    lname = name.lower()
+    if lname not in _SAFE_NAMES and _DENY_NAME.search(lname):
+        return "drop"
+    return "prompt" if lname in _PROMPT_NAMES else "ok"
 
 
 def redact(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -37,10 +49,10 @@ def redact(fields: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in fields.items():
         if value is None:
             continue
-        lname = name.lower()
-        if lname not in _SAFE_NAMES and _DENY_NAME.search(lname):
+        kind = _name_kind(name)
+        if kind == "drop":
             continue
-        if lname in _PROMPT_NAMES and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if kind == "prompt" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             continue  # a count named "prompt" is fine; text under that name never is
         if isinstance(value, str):
             if _SECRET_VALUE.search(value):
@@ -71,7 +83,7 @@ def _kv(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
     text = str(value)
     # Quote anything that would break "k=v k=v" parsing or the one-line-per-event rule.
-    if not text or any(c.isspace() or c in '="\\' for c in text) or not text.isprintable():
+    if not text or _NEEDS_QUOTE.search(text):
         return json.dumps(text, ensure_ascii=False)
     return text
 
@@ -95,6 +107,10 @@ class PlainFormatter(logging.Formatter):
     """``2026-11-25T12:00:00.000Z INFO msg k=v …``; tracebacks follow on their own lines."""
 
     def format(self, record: logging.LogRecord) -> str:
+        batch = getattr(record, BATCH_ATTR, None)
+        if batch is not None:
+            head = f"{_utc(record.created)} {record.levelname} {record.getMessage()} "
+            return "\n".join(head + access_line(fields) for fields in batch)
         line = f"{_utc(record.created)} {record.levelname} {record.getMessage()}"
         extra = access_line(_fields(record))
         if extra:
@@ -108,9 +124,15 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, then the redacted fields (exc if any)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        batch = getattr(record, BATCH_ATTR, None)
+        if batch is not None:
+            return "\n".join(self._one(record, fields) for fields in batch)
+        return self._one(record, _fields(record))
+
+    def _one(self, record: logging.LogRecord, fields: Mapping[str, Any]) -> str:
         obj: dict[str, Any] = {"ts": _utc(record.created), "level": record.levelname,
                                "logger": record.name, "msg": record.getMessage()}
-        for k, v in redact(_fields(record)).items():
+        for k, v in redact(fields).items():
             obj[f"field_{k}" if k in _RESERVED else k] = v
         if record.exc_info:
             obj["exc"] = self.formatException(record.exc_info)
@@ -141,3 +163,9 @@ def log_request(logger: logging.Logger, fields: Mapping[str, Any]) -> None:
     """Emit the one access line for a finished request (redacted; prompts and secrets never appear)."""
     if logger.isEnabledFor(logging.INFO):
         logger.info("request", extra={FIELDS_ATTR: fields})
+
+
+def log_requests(logger: logging.Logger, rows: list[Mapping[str, Any]]) -> None:
+    """The access lines of several finished requests as one record: one write, one line each."""
+    if rows and logger.isEnabledFor(logging.INFO):
+        logger.info("request", extra={BATCH_ATTR: rows})
