@@ -78,6 +78,7 @@ class Ctx:
     cost_saved: float = 0.0
     admitted: bool = False
     latency: float = 0.0
+    touched: str = ""  # the cache entry this request hit, for the batched hit count
 
 
 _DEFAULT_CC = CacheControl()  # read-only: requests with no cache controls share it
@@ -163,6 +164,9 @@ class Ident:
 
 
 IDENT_MEMO_SIZE = 4096
+# Accounting (metrics, request log, access lines, hit counts) runs in batches this long after a reply:
+# off the hot path, and one write for many requests under load. Limits and /stats flush it first.
+ACCOUNTING_DELAY_S = 0.05
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -187,6 +191,7 @@ class Gateway:
         self.started_at = time.time()
         self._idents: OrderedDict[bytes, Ident] = OrderedDict()
         self._pending: list[Ctx] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
         self._rid = itertools.count(1)
         self._rid_prefix = uuid.uuid4().hex[:6]
 
@@ -480,7 +485,8 @@ class Gateway:
             if self.cache.memory is not None:
                 self.cache.memory.note_rendered(entry, variant, body)
         now = self.clock()
-        await self.cache.touch(entry.key, now)
+        self.cache.touch_nowait(entry.key, now)
+        ctx.touched = entry.key
         ctx.usage = entry.completion.get("usage") or {}
         ctx.cost_saved = entry.cost
         ctx.ttfb = time.monotonic() - ctx.t0
@@ -617,12 +623,22 @@ class Gateway:
         """Queue a request's accounting; it runs right after the reply is on its way (off the hot path)."""
         ctx.latency = time.monotonic() - ctx.t0
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self.flush_accounting)
+            self._flush_handle = asyncio.get_running_loop().call_later(ACCOUNTING_DELAY_S, self.flush_accounting)
         self._pending.append(ctx)
 
     def flush_accounting(self) -> None:
         """Account for every finished request: metrics, key usage, request-log rows, log lines."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         pending, self._pending = self._pending, []
+        if not pending:
+            return
+        hits = [(ctx.touched, self.clock()) for ctx in pending if ctx.touched]
+        if hits and self.cache is not None:
+            task = asyncio.get_running_loop().create_task(self.cache.touch_slow(hits))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         rows = [row for ctx in pending if (row := self._account(ctx)) is not None]
         if rows and self.reqlog is not None:
             self.reqlog.record_many(rows)

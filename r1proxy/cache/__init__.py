@@ -7,6 +7,8 @@ Freshness is the caller's decision: tiers return expired entries too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from r1proxy.cache.entry import CacheEntry, CacheTier, TierStats
 from r1proxy.cache.memory import MemoryTier
 
@@ -49,6 +51,15 @@ class TieredCache:
     async def touch(self, key: str, now: float) -> None:
         for tier in self._all():
             await tier.touch(key, now)
+
+    def touch_nowait(self, key: str, now: float) -> None:
+        """Record a hit in memory now (LRU order); the slower tiers get it later via ``touch_slow``."""
+        if self.memory is not None:
+            self.memory.touch_nowait(key, now)
+
+    async def touch_slow(self, hits: Sequence[tuple[str, float]]) -> None:
+        for tier in self.tiers:
+            await tier.touch_many(hits)
 
     async def delete(self, key: str) -> bool:
         """True if any tier held the key."""

@@ -7,6 +7,7 @@ SSE reply are rendered from it. ``rendered`` holds ready-to-send bytes in memory
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,6 +63,9 @@ class CacheTier(Protocol):
 
     async def touch(self, key: str, now: float) -> None:
         """Record a hit (hits += 1, last_hit_at = now)."""
+
+    async def touch_many(self, hits: Sequence[tuple[str, float]]) -> None:
+        """Record several hits (key, when) at once; hits on the hot path are batched this way."""
 
     async def delete(self, key: str) -> bool: ...
 

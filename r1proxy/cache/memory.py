@@ -9,6 +9,7 @@ are returned like fresh ones and leave only by LRU eviction or ``delete()``.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -87,12 +88,19 @@ class MemoryTier:
         self._items.move_to_end(key)  # being rendered means being served: most recent
         self._shrink()
 
-    async def touch(self, key: str, now: float) -> None:
+    def touch_nowait(self, key: str, now: float) -> None:
         entry = self._items.get(key)
         if entry is not None:
             entry.hits += 1
             entry.last_hit_at = now
             self._items.move_to_end(key)
+
+    async def touch(self, key: str, now: float) -> None:
+        self.touch_nowait(key, now)
+
+    async def touch_many(self, hits: Sequence[tuple[str, float]]) -> None:
+        for key, now in hits:
+            self.touch_nowait(key, now)
 
     async def delete(self, key: str) -> bool:
         return self._drop(key)

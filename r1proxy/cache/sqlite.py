@@ -17,7 +17,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zstandard
@@ -109,6 +109,9 @@ class SqliteTier:
 
     async def touch(self, key: str, now: float) -> None:
         self.db.submit(_TOUCH, (now, key))
+
+    async def touch_many(self, hits: Sequence[tuple[str, float]]) -> None:
+        self.db.submit_many(_TOUCH, [(now, key) for key, now in hits])
 
     async def delete(self, key: str) -> bool:
         """True if a row was deleted; False when absent or the write failed (already logged)."""
