@@ -138,6 +138,13 @@ async def _connect(path: Path, busy_timeout_ms: int, *, reader: bool) -> aiosqli
     return conn
 
 
+def _point_reader(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.2)
+    conn.execute("PRAGMA query_only = ON")
+    conn.execute("PRAGMA busy_timeout = 200")
+    return conn
+
+
 class Database:
     """The writer connection and task, a read connection, read helpers.
 
@@ -156,6 +163,7 @@ class Database:
         self._queue: asyncio.Queue[_Op] = asyncio.Queue()
         self._errors = _ErrorLog()
         self._closed = False
+        self._point: sqlite3.Connection | None = None
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="r1proxy-db-writer")
 
     @classmethod
@@ -196,6 +204,7 @@ class Database:
             raise
         db = cls(path, conn, reader, batch_size=batch_size)
         db.recovered_from = moved
+        db._point = _point_reader(path)
         return db
 
     @property
@@ -236,6 +245,17 @@ class Database:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
+    def fetchone_now(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        """A primary-key lookup run right here on the event loop, for the cache's disk hits.
+
+        Such a lookup costs tens of microseconds in SQLite's C code; a trip to the reader thread
+        (queue, future, loop wake-up) costs several times that. WAL readers never wait for the
+        writer, and busy_timeout bounds the rare wait on a checkpoint. Only for single-row reads.
+        """
+        if self._point is None:
+            raise RuntimeError(f"{self.path}: database is closed")
+        return self._point.execute(sql, params).fetchone()
+
     async def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         """All rows of a query, fetched in one trip to the database thread."""
         return list(await self._reader.execute_fetchall(sql, params))
@@ -255,6 +275,9 @@ class Database:
             await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as e:
             log.warning("%s: WAL checkpoint at close failed: %s", self.path, e)
+        if self._point is not None:
+            self._point.close()
+            self._point = None
         await self._reader.close()
         await self._conn.close()
 

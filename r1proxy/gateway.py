@@ -336,12 +336,15 @@ class Gateway:
         if not cc.lookup:
             return None
         entry = self.cache.get_nowait(ident.cache_key)
+        tier = self.cache.memory_name
+        if entry is None:
+            entry, tier = await self.cache.get(ident.cache_key)  # the disk tier (promoted on a hit)
         if entry is None or not self._usable(entry, cc):
             return None
         first = deps[0] if deps else None
         ctx.stream, ctx.alias, ctx.cache_key = ident.stream, ident.model, ident.cache_key
         ctx.upstream_model = first.model if first else ident.model
-        return await self._serve_hit(request, ctx, entry, self.cache.memory_name, ident.stream,
+        return await self._serve_hit(request, ctx, entry, tier or "", ident.stream,
                                      first.reasoning if first else "field", "HIT")
 
     async def _chat(self, request: web.Request, ctx: Ctx, key: KeyConfig, admit: bool) -> web.StreamResponse:

@@ -83,7 +83,7 @@ class SqliteTier:
         if pending is not None:
             return pending
         try:
-            row = await self.db.fetchone(_GET, (key,))
+            row = self.db.fetchone_now(_GET, (key,))  # a point read: cheaper inline than a thread hop
         except sqlite3.Error as e:
             log.error("cache read failed for %s: %s", key, e)
             return None
