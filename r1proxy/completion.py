@@ -21,12 +21,16 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def fix_usage(usage: Any) -> None:
-    """Copy ``prompt_tokens_details.cached_tokens`` to ``cache_read_input_tokens`` (what Roo reads)."""
+def fix_usage(usage: Any) -> bool:
+    """Copy ``prompt_tokens_details.cached_tokens`` to ``cache_read_input_tokens`` (what Roo reads).
+
+    Returns whether the usage was changed."""
     if isinstance(usage, dict):
         details = usage.get("prompt_tokens_details")
         if isinstance(details, dict) and "cached_tokens" in details and "cache_read_input_tokens" not in usage:
             usage["cache_read_input_tokens"] = details.get("cached_tokens") or 0
+            return True
+    return False
 
 
 def _details_text(details: Any) -> str:
@@ -35,13 +39,17 @@ def _details_text(details: Any) -> str:
     return "".join(str(d.get("text") or d.get("summary") or "") for d in details if isinstance(d, dict))
 
 
-def _move_reasoning(d: dict[str, Any]) -> None:
+def _move_reasoning(d: dict[str, Any]) -> bool:
+    """Returns whether anything moved (the chunk then needs re-encoding)."""
+    if "reasoning" not in d and "reasoning_details" not in d:
+        return False
     r = d.pop("reasoning", None)
     details = d.pop("reasoning_details", None)
     if not r and details:
         r = _details_text(details)  # only when `reasoning` is absent: never count both
     if r and not d.get("reasoning_content"):
         d["reasoning_content"] = r
+    return True
 
 
 class _ThinkSplitter:
@@ -92,18 +100,22 @@ class Normalizer:
 
     def __init__(self) -> None:
         self._split: dict[int, _ThinkSplitter] = {}
+        self.changed = False  # whether the last chunk() changed anything (else its bytes can be relayed as is)
 
     def chunk(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        changed = False
         choices = chunk.get("choices")
         if not isinstance(choices, list):
             chunk["choices"] = choices = []
+            changed = True
         for ch in choices:
             if not isinstance(ch, dict):
                 continue
             delta = ch.get("delta")
             if not isinstance(delta, dict):
                 delta = ch["delta"] = {}
-            _move_reasoning(delta)
+                changed = True
+            changed = _move_reasoning(delta) or changed
             idx = ch.get("index", 0)
             sp = self._split.get(idx)
             if sp is None:
@@ -117,11 +129,12 @@ class Normalizer:
             if ch.get("finish_reason") and sp.state != "out":
                 r2, c2 = sp.flush()
                 r, c, touched = r + r2, c + c2, True
-            if touched:
+            if touched and (c != content or r):
                 delta["content"] = c
+                changed = True
             if r:
                 delta["reasoning_content"] = (delta.get("reasoning_content") or "") + r
-        fix_usage(chunk.get("usage"))
+        self.changed = fix_usage(chunk.get("usage")) or changed
         return chunk
 
     @staticmethod

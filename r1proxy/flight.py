@@ -105,6 +105,7 @@ class Flight:
         self.key = key
         self.stream = stream
         self.items: list[Any] = []  # normal-form chunk dicts, and bytes for comment frames
+        self.raw: dict[int, bytes] = {}  # item index -> upstream frame bytes, when normalising changed nothing
         self.data_count = 0
         self.started = False  # upstream answered 200: followers may send headers
         self.finished = False
@@ -271,8 +272,14 @@ class Flight:
                         continue
                     norm.chunk(chunk)
                     asm.feed(chunk)
+                    if not norm.changed and "\n" not in ev.data:  # a multi-line data field needs re-framing
+                        self.raw[len(self.items)] = b"data: " + ev.data.encode() + b"\n\n"
                     self.items.append(chunk)
                     self.data_count += 1
+                    if self.data_count == 1:
+                        # the first token goes out now, not after the rest of this read is processed
+                        self._notify()
+                        await asyncio.sleep(0)
                     if "error" in chunk:
                         err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
                         self.error = ProxyError(502, str(err.get("message", "upstream error")), type="upstream_error",

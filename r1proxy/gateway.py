@@ -167,6 +167,7 @@ IDENT_MEMO_SIZE = 4096
 # Accounting (metrics, request log, access lines, hit counts) runs in batches this long after a reply:
 # off the hot path, and one write for many requests under load. Limits and /stats flush it first.
 ACCOUNTING_DELAY_S = 0.05
+ACCOUNTING_BATCH = 64
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -547,13 +548,18 @@ class Gateway:
                     resp = await open_stream()
                 if resp is not None and i < len(items):
                     out = []
-                    for item in items[i:]:
+                    raw = flight.raw if mode == "field" else {}
+                    for n in range(i, len(items)):
+                        item = items[n]
                         if isinstance(item, bytes):
                             out.append(item)
-                        else:
-                            if ctx.ttfb is None:
-                                ctx.ttfb = time.monotonic() - ctx.t0
-                            out.append(sse.data_frame(dumps(renderer.chunk(item) if mode != "field" else item)))
+                            continue
+                        if ctx.ttfb is None:
+                            ctx.ttfb = time.monotonic() - ctx.t0
+                        frame = raw.get(n)
+                        if frame is None:
+                            frame = sse.data_frame(dumps(renderer.chunk(item) if mode != "field" else item))
+                        out.append(frame)
                     i = len(items)
                     data = b"".join(out)
                     ctx.response_bytes += len(data)
@@ -628,6 +634,8 @@ class Gateway:
         if not self._pending:
             self._flush_handle = asyncio.get_running_loop().call_later(ACCOUNTING_DELAY_S, self.flush_accounting)
         self._pending.append(ctx)
+        if len(self._pending) == ACCOUNTING_BATCH:  # bounded batches: no long pause under load
+            asyncio.get_running_loop().call_soon(self.flush_accounting)
 
     def flush_accounting(self) -> None:
         """Account for every finished request: metrics, key usage, request-log rows, log lines."""
