@@ -79,6 +79,7 @@ class Ctx:
     admitted: bool = False
     latency: float = 0.0
     touched: str = ""  # the cache entry this request hit, for the batched hit count
+    ts: float = 0.0  # wall-clock start, for the request log
 
 
 _DEFAULT_CC = CacheControl()  # read-only: requests with no cache controls share it
@@ -270,7 +271,7 @@ class Gateway:
         rid = request.headers.get("X-Request-Id")
         if rid is None or not _REQUEST_ID.fullmatch(rid):  # it goes into logs: only a plain token is kept
             rid = f"{self._rid_prefix}{next(self._rid):x}"
-        ctx = Ctx(request_id=rid, t0=time.monotonic())
+        ctx = Ctx(request_id=rid, t0=time.monotonic(), ts=time.time())
         self.metrics.inc_in_flight()
         held = False
         try:
@@ -650,13 +651,18 @@ class Gateway:
             task = asyncio.get_running_loop().create_task(self.cache.touch_slow(hits))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        rows = [row for ctx in pending if (row := self._account(ctx)) is not None]
+        day = utc_day(self.clock())
+        delta: dict[str, list[float]] = {}
+        rows = [row for ctx in pending if (row := self._account(ctx, day, delta)) is not None]
+        if self.reqlog is not None:
+            for name, (reqs, tokens, usd) in delta.items():  # budgets survive a restart
+                self.reqlog.add_usage(name, day, int(reqs), int(tokens), usd)
         if rows and self.reqlog is not None:
             self.reqlog.record_many(rows)
         if rows:
             log_requests(log, [_access(row) for row in rows])
 
-    def _account(self, ctx: Ctx) -> dict[str, Any] | None:
+    def _account(self, ctx: Ctx, day: str, usage_delta: dict[str, list[float]]) -> dict[str, Any] | None:
         latency = ctx.latency
         usage = ctx.usage or {}
         prompt = int(usage.get("prompt_tokens") or 0)
@@ -676,16 +682,16 @@ class Gateway:
             m.upstream_error(ctx.route or ctx.alias or "-", ctx.error_type or str(ctx.status))
         tokens = 0 if served_from_cache else prompt + completion
         if ctx.key_name:
-            day = utc_day(self.clock())
-            u = self.usage.setdefault((ctx.key_name, day), [0, 0, 0.0])
-            u[0] += 1
-            u[1] += tokens
-            u[2] += cost
+            for totals in (self.usage.setdefault((ctx.key_name, day), [0, 0, 0.0]),
+                           usage_delta.setdefault(ctx.key_name, [0, 0, 0.0])):
+                totals[0] += 1
+                totals[1] += tokens
+                totals[2] += cost
             if tokens:
                 self.limiter.add_tokens(ctx.key_name, tokens)
         if not self.config.server.log_requests:
             return None
-        row = {"ts": self.clock(), "request_id": ctx.request_id, "key_name": ctx.key_name, "alias": ctx.alias,
+        row = {"ts": ctx.ts, "request_id": ctx.request_id, "key_name": ctx.key_name, "alias": ctx.alias,
                "upstream_model": ctx.upstream_model, "route": ctx.route, "stream": int(ctx.stream),
                "cache": ctx.cache, "tier": ctx.tier, "status": ctx.status, "error_type": ctx.error_type,
                "latency_ms": round(latency * 1000, 3),
@@ -694,8 +700,6 @@ class Gateway:
                "cost": cost, "cost_saved": ctx.cost_saved if served_from_cache else 0.0,
                "request_bytes": ctx.request_bytes, "response_bytes": ctx.response_bytes,
                "generation_id": ctx.generation_id, "cache_key": ctx.cache_key}
-        if self.reqlog is not None and ctx.key_name:
-            self.reqlog.add_usage(ctx.key_name, utc_day(row["ts"]), 1, tokens, cost)
         return row
 
 
