@@ -122,7 +122,7 @@ async def _cache(config: Config, action: str, **kw: Any) -> int:
             if not rows:
                 print("(cache is empty)")
         elif action == "show":
-            entry = await tier.get(kw["key"])
+            entry = await tier.get_full(kw["key"])
             if entry is None:
                 raise OpsError(f"no cache entry {kw['key']}")
             try:

@@ -33,6 +33,8 @@ _COLUMNS = ("key", "namespace", "model", "created_at", "last_hit_at", "hits", "e
 _PUT = (f"INSERT OR REPLACE INTO cache_entries ({', '.join(_COLUMNS)}) "
         f"VALUES ({', '.join('?' * len(_COLUMNS))})")
 _GET = f"SELECT {', '.join(_COLUMNS)} FROM cache_entries WHERE key = ?"
+# a hit never needs the canonical request: leave that blob on disk (it is most of a row's bytes)
+_GET_HIT = f"SELECT {', '.join(_COLUMNS[:-1])}, NULL FROM cache_entries WHERE key = ?"
 _TOUCH = "UPDATE cache_entries SET hits = COALESCE(hits, 0) + 1, last_hit_at = ? WHERE key = ?"
 _DELETE = "DELETE FROM cache_entries WHERE key = ?"
 _STATS = ("SELECT COUNT(*), COALESCE(SUM(stored_bytes), 0), COALESCE(SUM(raw_bytes), 0) "
@@ -78,12 +80,20 @@ class SqliteTier:
         self._settling: asyncio.Task[None] | None = None
 
     async def get(self, key: str) -> CacheEntry | None:
-        """The entry (fresh or expired) or None; a damaged row is deleted and reported as a miss."""
+        """The entry (fresh or expired) or None, without its canonical request (see ``get_full``);
+        a damaged row is deleted and reported as a miss."""
+        return self._get(key, _GET_HIT)
+
+    async def get_full(self, key: str) -> CacheEntry | None:
+        """``get`` with the canonical request the key stands for (``r1proxy cache show``)."""
+        return self._get(key, _GET)
+
+    def _get(self, key: str, sql: str) -> CacheEntry | None:
         pending = self._pending.get(key)
         if pending is not None:
             return pending
         try:
-            row = self.db.fetchone_now(_GET, (key,))  # a point read: cheaper inline than a thread hop
+            row = self.db.fetchone_now(sql, (key,))  # a point read: cheaper inline than a thread hop
         except sqlite3.Error as e:
             log.error("cache read failed for %s: %s", key, e)
             return None
@@ -212,9 +222,12 @@ class SqliteTier:
         (key, namespace, model, created_at, last_hit_at, hits, expires_at, prompt_tokens,
          completion_tokens, reasoning_tokens, cost, raw_bytes, _stored, preview_user,
          preview_answer, body, request) = row
-        completion = json.loads(self._dctx.decompress(body))
+        raw_body = self._dctx.decompress(body)
+        completion = json.loads(raw_body)
         if not isinstance(completion, dict):
             raise TypeError("stored completion is not a JSON object")
+        if request is None:  # not loaded: what is held is the answer alone
+            raw_bytes = len(raw_body)
         return CacheEntry(
             key=key, completion=completion, created_at=created_at or 0.0,
             expires_at=expires_at or 0.0, model=model or "", namespace=namespace or "",
