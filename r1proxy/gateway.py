@@ -194,6 +194,7 @@ class Gateway:
         self._idents: OrderedDict[bytes, Ident] = OrderedDict()
         self._pending: list[Ctx] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._pruned_at = 0.0
         self._rid = itertools.count(1)
         self._rid_prefix = uuid.uuid4().hex[:6]
 
@@ -204,7 +205,8 @@ class Gateway:
             for name, (reqs, tokens, usd) in (await self.reqlog.load_usage(day)).items():
                 self.usage[(name, day)] = [reqs, tokens, usd]
             if self.config.server.log_retention:
-                self.reqlog.prune(self.clock() - self.config.server.log_retention)
+                self._pruned_at = self.clock()
+                self.reqlog.prune(self._pruned_at - self.config.server.log_retention)
 
     async def refresh_cache_stats(self) -> None:
         self.flush_accounting()
@@ -651,7 +653,11 @@ class Gateway:
             task = asyncio.get_running_loop().create_task(self.cache.touch_slow(hits))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        day = utc_day(self.clock())
+        now = self.clock()
+        day = utc_day(now)
+        if self.reqlog is not None and self.config.server.log_retention and now - self._pruned_at > 3600:
+            self._pruned_at = now  # hourly: the request log keeps log_retention worth of rows
+            self.reqlog.prune(now - self.config.server.log_retention)
         delta: dict[str, list[float]] = {}
         rows = [row for ctx in pending if (row := self._account(ctx, day, delta)) is not None]
         if self.reqlog is not None:

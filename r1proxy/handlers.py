@@ -34,9 +34,12 @@ async def models(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     cfg = request.app[CONFIG_KEY]
+    db = gw.reqlog.db if gw.reqlog is not None else None
     return web.json_response({"status": "ok", "version": __version__,
                               "uptime_s": round(time.time() - gw.started_at, 3),
-                              "in_flight": len(gw.flights), "cache": cfg.cache.enabled})
+                              "in_flight": len(gw.flights), "cache": cfg.cache.enabled,
+                              # writes skipped after a disk error (full disk, I/O): requests never fail for it
+                              "db_write_errors": db.write_errors if db is not None else 0})
 
 
 def _may_read_metrics(request: web.Request) -> None:
