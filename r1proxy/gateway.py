@@ -168,7 +168,7 @@ IDENT_MEMO_SIZE = 4096
 # Accounting (metrics, request log, access lines, hit counts) runs in batches this long after a reply:
 # off the hot path, and one write for many requests under load. Limits and /stats flush it first.
 ACCOUNTING_DELAY_S = 0.05
-ACCOUNTING_BATCH = 64
+ACCOUNTING_BATCH = 32
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
