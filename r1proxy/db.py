@@ -45,6 +45,7 @@ class _Op:
     params: Any  # one parameter sequence, or an iterable of them when many
     many: bool = False
     done: asyncio.Future[int] | None = None  # set for awaited writes: receives the rowcount
+    seq: int = 0  # position in the writer's queue (see Database.wait_written)
 
 
 @dataclass(slots=True)
@@ -164,6 +165,9 @@ class Database:
         self._errors = _ErrorLog()
         self._closed = False
         self._point: sqlite3.Connection | None = None
+        self._seq = 0  # writes queued so far
+        self._written = 0  # the highest sequence number the writer has finished
+        self._progress = asyncio.Event()  # set (and replaced) after every batch
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="r1proxy-db-writer")
 
     @classmethod
@@ -213,17 +217,26 @@ class Database:
         return self._errors.count
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def written(self) -> int:
+        """The sequence number of the last write the writer finished (ran or skipped)."""
+        return self._written
+
+    @property
     def pending(self) -> int:
         """Writes queued but not yet executed."""
         return self._queue.qsize()
 
-    def submit(self, sql: str, params: Params = ()) -> None:
-        """Queue one write; returns at once, never raises for database errors."""
-        self._enqueue(_Op(sql, params))
+    def submit(self, sql: str, params: Params = ()) -> int:
+        """Queue one write; returns at once with its sequence number, never raises for database errors."""
+        return self._enqueue(_Op(sql, params))
 
-    def submit_many(self, sql: str, rows: Iterable[Params]) -> None:
+    def submit_many(self, sql: str, rows: Iterable[Params]) -> int:
         """Queue one statement over many parameter rows (executemany)."""
-        self._enqueue(_Op(sql, list(rows), many=True))
+        return self._enqueue(_Op(sql, list(rows), many=True))
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one write through the writer, in order with queued ones; returns the rowcount.
@@ -233,7 +246,8 @@ class Database:
         if self._closed:
             raise RuntimeError(f"{self.path}: database is closed")
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Op(sql, params, done=done))
+        self._seq += 1
+        self._queue.put_nowait(_Op(sql, params, done=done, seq=self._seq))
         return await done
 
     async def flush(self) -> None:
@@ -265,6 +279,7 @@ class Database:
         if self._closed:
             return
         self._closed = True
+        self._progress.set()  # wake anyone in wait_written: nothing more will be written
         await self.flush()
         self._writer.cancel()
         try:
@@ -281,11 +296,22 @@ class Database:
         await self._reader.close()
         await self._conn.close()
 
-    def _enqueue(self, op: _Op) -> None:
+    def _enqueue(self, op: _Op) -> int:
         if self._closed:
             self._errors.note(RuntimeError("database is closed"), op.sql)
-            return
+            return 0
+        self._seq += 1
+        op.seq = self._seq
         self._queue.put_nowait(op)
+        return op.seq
+
+    async def wait_written(self, seq: int) -> None:
+        """Wait until the write numbered ``seq`` (what ``submit`` returned) ran (or was skipped).
+
+        Unlike ``flush`` this does not wait for writes queued later, so it returns under load."""
+        while self._written < seq and not self._closed:
+            ev = self._progress
+            await ev.wait()
 
     async def _write_loop(self) -> None:
         while True:
@@ -303,6 +329,9 @@ class Database:
             finally:
                 for _ in batch:
                     self._queue.task_done()
+                self._written = max(self._written, max(op.seq for op in batch))
+                ev, self._progress = self._progress, asyncio.Event()
+                ev.set()
 
     async def _run_batch(self, batch: list[_Op]) -> None:
         conn = self._conn

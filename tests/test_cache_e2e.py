@@ -946,3 +946,41 @@ async def test_sqlite_put_is_readable_before_the_writer_commits(tmp_path: Any) -
     finally:
         await tier.close()
         await db.close()
+
+
+async def test_sqlite_pending_puts_do_not_pile_up_under_steady_writes(tmp_path: Any) -> None:
+    """Under a steady stream of writes the writer's queue never drains; entries whose row has landed
+    must still be forgotten (each holds ~25 KB: 10,000 misses once cost 500 MB of RSS)."""
+    import time as _time
+
+    from r1proxy.cache import CacheEntry
+    from r1proxy.cache.sqlite import SqliteTier
+    from r1proxy.db import Database
+
+    db = await Database.open(tmp_path / "r1proxy.db")
+    tier = SqliteTier(db)
+    stop = asyncio.Event()
+
+    async def keep_writing() -> None:  # like the request log under load
+        while not stop.is_set():
+            db.submit("UPDATE cache_entries SET hits = hits WHERE key = ?", ("v1:none",))
+            await asyncio.sleep(0.0002)
+
+    busy = asyncio.create_task(keep_writing())
+    try:
+        for i in range(200):
+            doc = {"id": str(i), "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": "x" * 2000}}]}
+            await tier.put(CacheEntry(key=f"v1:{i}", completion=doc, created_at=1.0, expires_at=9e9,
+                                      request=b"r" * 20000))
+            await asyncio.sleep(0)
+        deadline = _time.monotonic() + 5
+        while tier._pending and _time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert tier._pending == {}  # settled while writes kept coming
+        assert await tier.get("v1:0") is not None  # served from its row
+    finally:
+        stop.set()
+        await busy
+        await tier.close()
+        await db.close()

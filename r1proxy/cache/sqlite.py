@@ -76,7 +76,7 @@ class SqliteTier:
         self._dctx = zstandard.ZstdDecompressor()
         self._puts_since_evict = 0
         self._evicting: asyncio.Task[int] | None = None
-        self._pending: dict[str, CacheEntry] = {}  # put, row maybe not committed yet
+        self._pending: dict[str, tuple[CacheEntry, int]] = {}  # put, row maybe not committed yet (write seq)
         self._settling: asyncio.Task[None] | None = None
 
     async def get(self, key: str) -> CacheEntry | None:
@@ -91,7 +91,7 @@ class SqliteTier:
     def _get(self, key: str, sql: str) -> CacheEntry | None:
         pending = self._pending.get(key)
         if pending is not None:
-            return pending
+            return pending[0]
         try:
             row = self.db.fetchone_now(sql, (key,))  # a point read: cheaper inline than a thread hop
         except sqlite3.Error as e:
@@ -108,8 +108,8 @@ class SqliteTier:
 
     async def put(self, entry: CacheEntry) -> None:
         """Queue an INSERT OR REPLACE; returns without waiting for the disk."""
-        self.db.submit(_PUT, self._encode(entry))
-        self._pending[entry.key] = entry
+        seq = self.db.submit(_PUT, self._encode(entry))
+        self._pending[entry.key] = (entry, seq)
         if self._settling is None or self._settling.done():
             self._settling = asyncio.get_running_loop().create_task(self._settle())
         self._puts_since_evict += 1
@@ -176,7 +176,7 @@ class SqliteTier:
         if not conds and not all:
             raise ValueError("purge needs a model, an age, or all=True")
         cutoff = params[-1] if older_than_s is not None else None
-        for k, e in list(self._pending.items()):
+        for k, (e, _) in list(self._pending.items()):
             if (not model or e.model == model) and (cutoff is None or e.created_at < cutoff):
                 del self._pending[k]
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
@@ -194,13 +194,17 @@ class SqliteTier:
             self._evicting = None
 
     async def _settle(self) -> None:
-        """Forget pending entries once the writer has run the puts queued before them."""
+        """Forget each pending entry once the writer has run its put (not waiting for later writes:
+        under a steady stream of misses the queue never drains, and the entries must not pile up)."""
         while self._pending:
-            queued = list(self._pending.items())
-            await self.db.flush()  # every write queued so far has been committed (or skipped on error)
-            for key, entry in queued:
-                if self._pending.get(key) is entry:
+            oldest = min(seq for _, seq in self._pending.values())
+            await self.db.wait_written(oldest)
+            done = self.db.written
+            for key, (_, seq) in list(self._pending.items()):
+                if seq <= done:
                     del self._pending[key]
+            if self.db.closed:
+                self._pending.clear()
 
     async def _evict_quietly(self) -> int:
         try:
