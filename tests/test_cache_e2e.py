@@ -18,6 +18,7 @@ from r1proxy.app import create_app
 from r1proxy.appkeys import GATEWAY_KEY, STORE_KEY
 from tests.conftest import LOCAL_KEY, sdk
 from tests.fake_upstream import Script
+from tests.roo import roo_body
 
 AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
 T0 = 1_800_000_000.0
@@ -32,26 +33,6 @@ TOOLS = [
         "parameters": {"type": "object", "properties": {"result": {"type": "string"}}, "required": ["result"],
                        "additionalProperties": False}}},
 ]
-
-
-def roo_body(text: str = "Add a --verbose flag to cli.py", *, stream: bool = True,
-             when: str = "2026-04-20T10:12:03+02:00", **extra: Any) -> dict[str, Any]:
-    """protocol.md A.6: what Roo Code's OpenAI Compatible provider sends."""
-    body: dict[str, Any] = {
-        "model": "deepseek-r1",
-        "temperature": 0,
-        "messages": [
-            {"role": "system", "content": "You are Roo, a highly skilled software engineer."},
-            {"role": "user", "content": [
-                {"type": "text", "text": f"<task>\n{text}\n</task>"},
-                {"type": "text", "text": f"<environment_details>\n# Current Time\n{when}\n</environment_details>"}]},
-        ],
-    }
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    body.update(extra)
-    return body
 
 
 def data_lines(text: str) -> list[str]:

@@ -19,30 +19,12 @@ import pytest
 
 from tests.conftest import LOCAL_KEY, sdk
 from tests.fake_upstream import NO_TOOLS_MESSAGE, Script
+from tests.roo import roo_body
 
 AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
 REASONING = "Okay, the user wants a flag. I should read cli.py first, then add an argparse option."
 ANSWER = "I'll add the --verbose flag to the parser in cli.py."
 NO_CACHE = {"enabled": False}
-
-
-def roo_body(text: str = "Add a --verbose flag to cli.py", model: str = "deepseek-r1", **extra: Any) -> dict[str, Any]:
-    """protocol.md A.6: what Roo Code's OpenAI Compatible provider sends (R1 box not ticked)."""
-    body: dict[str, Any] = {
-        "model": model,
-        "temperature": 0,
-        "messages": [
-            {"role": "system", "content": "You are Roo, a highly skilled software engineer."},
-            {"role": "user", "content": [
-                {"type": "text", "text": f"<task>\n{text}\n</task>"},
-                {"type": "text", "text": "<environment_details>\n# VSCode Visible Files\ncli.py\n"
-                                         "</environment_details>"}]},
-        ],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    body.update(extra)
-    return body
 
 
 @dataclass
@@ -309,7 +291,8 @@ async def test_merge_into_user_with_array_content(proxy: Any, fake_server: Any) 
     assert sent == [{"role": "user", "content": [
         {"type": "text", "text": "You are Roo, a highly skilled software engineer."},
         {"type": "text", "text": "<task>\nAdd a --verbose flag to cli.py\n</task>"},
-        {"type": "text", "text": "<environment_details>\n# VSCode Visible Files\ncli.py\n</environment_details>"}]}]
+        {"type": "text", "text": "<environment_details>\n# Current Time\n2026-04-20T10:12:03+02:00\n"
+                                 "</environment_details>"}]}]
 
 
 async def test_merge_into_user_strings_and_tool_turns(proxy: Any, fake_server: Any) -> None:
@@ -327,7 +310,6 @@ async def test_merge_into_user_strings_and_tool_turns(proxy: Any, fake_server: A
         {"role": "user", "content": "U4"},
     ]
     body = roo_body(messages=messages, stream=False)
-    body.pop("stream_options")
     r = await client.post("/chat/completions", json=body, headers=AUTH)
     assert r.status == 200
     sent = fake_server.calls[-1].json["messages"]
@@ -419,8 +401,6 @@ async def test_tools_pass_without_tool_support_says_set_strip(proxy: Any, fake_s
     tool = {"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}}
     api = sdk(client)
     body = roo_body(tools=[tool], tool_choice="auto", stream=stream)
-    if not stream:
-        body.pop("stream_options")
     with pytest.raises(openai.NotFoundError) as info:
         await api.chat.completions.create(**body)
     await api.close()

@@ -12,27 +12,9 @@ from r1proxy.appkeys import GATEWAY_KEY
 from r1proxy.logsetup import PlainFormatter
 from tests.conftest import LOCAL_KEY, UPSTREAM_KEY, sdk
 from tests.fake_upstream import Script
+from tests.roo import roo_body
 
 AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
-
-
-def roo_body(text: str = "Add a --verbose flag to cli.py", **extra: Any) -> dict[str, Any]:
-    """protocol.md A.6: the body Roo Code's OpenAI Compatible provider sends."""
-    body = {
-        "model": "deepseek-r1",
-        "temperature": 0,
-        "messages": [
-            {"role": "system", "content": "You are Roo, a highly skilled software engineer."},
-            {"role": "user", "content": [
-                {"type": "text", "text": f"<task>\n{text}\n</task>"},
-                {"type": "text", "text": "<environment_details>\n# Current Time\n2026-04-20T10:12:03+02:00\n"
-                                         "</environment_details>"}]},
-        ],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    body.update(extra)
-    return body
 
 
 async def direct(fake_server: Any) -> tuple[str, str]:
