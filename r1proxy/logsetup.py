@@ -43,26 +43,32 @@ def _name_kind(name: str) -> str:
     return "prompt" if lname in _PROMPT_NAMES else "ok"
 
 
+_SKIP = object()
+
+
+def _clean(name: str, value: Any) -> Any:
+    """The value as it may be logged under ``name``, or _SKIP: the one place the rules live."""
+    if value is None:
+        return _SKIP
+    kind = _name_kind(name)
+    if kind == "drop":
+        return _SKIP
+    if type(value) is int or type(value) is float:
+        return value  # a count named "prompt" is fine
+    if kind == "prompt":
+        return _SKIP  # text under a prompt name never is
+    if isinstance(value, str):
+        if _SECRET_VALUE.search(value):
+            return REDACTED
+        return value if len(value) <= _MAX_VALUE_CHARS else value[:_MAX_VALUE_CHARS] + "…"
+    if isinstance(value, (bool, int, float)):
+        return value
+    return redact(value) if isinstance(value, Mapping) else _plain_value(value)
+
+
 def redact(fields: Mapping[str, Any]) -> dict[str, Any]:
     """A copy safe to log: secret-named fields, prompt text and None dropped; secret-looking values masked."""
-    out: dict[str, Any] = {}
-    for name, value in fields.items():
-        if value is None:
-            continue
-        kind = _name_kind(name)
-        if kind == "drop":
-            continue
-        if kind == "prompt" and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            continue  # a count named "prompt" is fine; text under that name never is
-        if isinstance(value, str):
-            if _SECRET_VALUE.search(value):
-                value = REDACTED
-            elif len(value) > _MAX_VALUE_CHARS:
-                value = value[:_MAX_VALUE_CHARS] + "…"
-        elif not isinstance(value, (int, float, bool)):
-            value = redact(value) if isinstance(value, Mapping) else _plain_value(value)
-        out[name] = value
-    return out
+    return {name: v for name, value in fields.items() if (v := _clean(name, value)) is not _SKIP}
 
 
 def _plain_value(value: Any) -> str:
@@ -91,34 +97,16 @@ def _kv(value: Any) -> str:
 def access_line(fields: Mapping[str, Any]) -> str:
     """``k=v k=v`` for the redacted fields, in the order given; never contains a newline.
 
-    One pass with the same rules as ``redact`` + ``_kv`` (it runs once per request, so it is
-    written for speed: numbers go straight through, only strings are checked)."""
+    It runs once per request, so it goes in one pass over the fields rather than through ``redact``."""
     parts = []
     for name, value in fields.items():
-        if value is None:
+        value = _clean(name, value)
+        if value is _SKIP:
             continue
-        kind = _name_kind(name)
-        if kind == "drop":
-            continue
-        t = type(value)
-        if t is int:
+        if type(value) is int or (type(value) is str and value and not _NEEDS_QUOTE.search(value)):
             parts.append(f"{name}={value}")
-        elif t is str:
-            if kind == "prompt":
-                continue
-            if _SECRET_VALUE.search(value):
-                value = REDACTED
-            elif len(value) > _MAX_VALUE_CHARS:
-                value = value[:_MAX_VALUE_CHARS] + "…"
-            if not value or _NEEDS_QUOTE.search(value):
-                value = json.dumps(value, ensure_ascii=False)
-            parts.append(f"{name}={value}")
-        elif t is float:
-            parts.append(f"{name}={_kv(value)}")
         else:
-            one = redact({name: value})
-            if one:
-                parts.append(f"{name}={_kv(one[name])}")
+            parts.append(f"{name}={_kv(value)}")
     return " ".join(parts)
 
 
