@@ -24,7 +24,7 @@ from .completion import Assembler, Normalizer, not_cacheable
 from .config import ModelConfig, RetryConfig, UpstreamConfig
 from .errors import ProxyError, from_upstream
 from .sse import SSEParser, comment_frame
-from .upstream import UpstreamError, open_response, read_error, read_json, response_headers
+from .upstream import UpstreamError, open_response, read_error, read_json, request_headers, response_headers
 
 log = logging.getLogger("r1proxy")
 
@@ -136,10 +136,10 @@ class Flight:
         self.finished = True
         self._notify()
 
-    async def run(self, session: aiohttp.ClientSession, routes: list[Route], headers: dict[str, str],
+    async def run(self, session: aiohttp.ClientSession, routes: list[Route], client_headers: dict[str, str],
                   retry: RetryConfig, hooks: Hooks, on_done: Callable[[Flight], Awaitable[None]]) -> None:
         try:
-            await self._run(session, routes, headers, retry, hooks)
+            await self._run(session, routes, client_headers, retry, hooks)
         except asyncio.CancelledError:
             self.error = self.error or ProxyError(499, "request cancelled", type="cancelled")
             raise
@@ -153,7 +153,7 @@ class Flight:
             except Exception:
                 log.exception("flight %s: completion hook failed", self.key)
 
-    async def _run(self, session: aiohttp.ClientSession, routes: list[Route], headers: dict[str, str],
+    async def _run(self, session: aiohttp.ClientSession, routes: list[Route], client_headers: dict[str, str],
                    retry: RetryConfig, hooks: Hooks) -> None:
         t0 = time.monotonic()
         last: ProxyError | None = None
@@ -165,7 +165,7 @@ class Flight:
                 continue
             for attempt in range(retry.max_attempts):
                 self.outcome.attempts += 1
-                err, retry_after = await self._attempt(session, route, headers, hooks)
+                err, retry_after = await self._attempt(session, route, client_headers, hooks)
                 if err is None:
                     return
                 last = err
@@ -192,7 +192,7 @@ class Flight:
             self.items.append({"error": err.body()["error"], "choices": []})
         self._notify()
 
-    async def _attempt(self, session: aiohttp.ClientSession, route: Route, headers: dict[str, str],
+    async def _attempt(self, session: aiohttp.ClientSession, route: Route, client_headers: dict[str, str],
                        hooks: Hooks) -> tuple[ProxyError | None, float | None]:
         up = route.upstream
         try:
@@ -202,7 +202,8 @@ class Flight:
         status, ttfb, retry_after, payload = 0, None, None, None
         t0 = time.monotonic()
         try:
-            resp = await open_response(session, up, route.body, headers)
+            # built per route: each upstream gets its own key, never another upstream's
+            resp = await open_response(session, up, route.body, request_headers(client_headers, up))
         except UpstreamError as e:
             hooks.after_attempt(route, token, e.status, None, None, None)
             return e, None

@@ -38,7 +38,6 @@ from .policy import UpstreamPolicy
 from .ratelimit import KeyLimiter
 from .reqlog import RequestLog, utc_day
 from .templates import prepare
-from .upstream import request_headers
 
 log = logging.getLogger("r1proxy")
 
@@ -430,7 +429,7 @@ class Gateway:
     def _start(self, key: str, stream: bool, routes: list[Route], request: web.Request, cc: CacheControl,
                canonical: bytes, ctx: Ctx) -> Flight:
         flight = Flight(key, stream)
-        headers = request_headers(request.headers, routes[0].upstream)
+        headers = dict(request.headers)  # filtered per route in the flight, with that upstream's key
 
         async def done(f: Flight) -> None:
             if key and self.flights.get(key) is f:

@@ -17,7 +17,7 @@ import r1proxy.flight
 from r1proxy.appkeys import GATEWAY_KEY
 from r1proxy.cli import main as cli_main
 from r1proxy.pacing import UpstreamPacer
-from tests.conftest import LOCAL_KEY, sdk
+from tests.conftest import LOCAL_KEY, UPSTREAM_KEY, sdk
 from tests.fake_upstream import Script, unused_port
 
 AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
@@ -317,6 +317,25 @@ async def test_fallback_when_primary_fails(proxy: Any, fake_server: Any, stream:
     assert "from b" in await r.text()
     assert [c.json["model"] for c in fake_server.calls] == [R1, R1, R1_FREE]
     assert r.headers["X-R1proxy-Route"] == f"openrouter/{R1_FREE}"
+
+
+async def test_fallback_to_another_upstream_sends_that_upstreams_key(proxy: Any, fake_server: Any,
+                                                                    tmp_path: Any) -> None:
+    """A fallback to, say, DeepSeek's own API or a local Ollama must never receive the OpenRouter key."""
+    other_key = tmp_path / "other.key"
+    other_key.write_text("sk-other-upstream-key-000000\n")
+    models = [{"name": "a", "model": R1, "fallbacks": ["b"]},
+              {"name": "b", "upstream": "other", "model": "deepseek-reasoner"}]
+    client = await proxy(models=models, retry={"max_attempts": 1},
+                         upstreams={"other": {"api_key_file": str(other_key), "title": "r1proxy-other"}})
+    fake_server.script(Script(status=503), Script(answer="from other"))
+    r = await client.post("/chat/completions", json=body(model="a", stream=False), headers=AUTH)
+    assert r.status == 200 and "from other" in await r.text()
+    first, second = fake_server.calls
+    assert first.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert second.headers["Authorization"] == "Bearer sk-other-upstream-key-000000"
+    assert second.headers["X-Title"] == "r1proxy-other" and second.json["model"] == "deepseek-reasoner"
+    assert r.headers["X-R1proxy-Route"] == "other/deepseek-reasoner"
 
 
 async def test_route_header_names_the_primary_when_it_answers(proxy: Any, fake_server: Any) -> None:
