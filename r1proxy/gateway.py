@@ -79,6 +79,7 @@ class Ctx:
     latency: float = 0.0
     touched: str = ""  # the cache entry this request hit, for the batched hit count
     ts: float = 0.0  # wall-clock start, for the request log
+    prompt: str | None = None  # the last user message, only with server.log_prompts
 
 
 _DEFAULT_CC = CacheControl()  # read-only: requests with no cache controls share it
@@ -353,6 +354,8 @@ class Gateway:
     async def _chat(self, request: web.Request, ctx: Ctx, key: KeyConfig, admit: bool) -> web.StreamResponse:
         raw = await request.read()
         ctx.request_bytes = len(raw)
+        if self.config.server.log_prompts:  # opt-in: prompts stay out of the request log by default
+            ctx.prompt = _prompt_of(raw)
         use_cache = self.cache is not None and self.config.cache.enabled
         digest = b""
         if use_cache:
@@ -704,7 +707,7 @@ class Gateway:
                "prompt_tokens": prompt, "completion_tokens": completion, "reasoning_tokens": reasoning,
                "cost": cost, "cost_saved": ctx.cost_saved if served_from_cache else 0.0,
                "request_bytes": ctx.request_bytes, "response_bytes": ctx.response_bytes,
-               "generation_id": ctx.generation_id, "cache_key": ctx.cache_key}
+               "generation_id": ctx.generation_id, "cache_key": ctx.cache_key, "prompt": ctx.prompt}
         return row
 
 
@@ -725,17 +728,28 @@ def _access(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+PROMPT_LOG_CHARS = 4000
+
+
+def _prompt_of(raw: bytes) -> str | None:
+    """The last user message of a request body, for the opt-in prompt log (None if there is none)."""
+    text = _last_user_text(raw)
+    return text[:PROMPT_LOG_CHARS] if text else None
+
+
 def _last_user_text(canonical: bytes) -> str:
     try:
         doc = json.loads(canonical)
-        for m in reversed(doc.get("messages") or []):
+        if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list):
+            return ""
+        for m in reversed(doc["messages"]):
             if isinstance(m, dict) and m.get("role") == "user":
                 c = m.get("content")
                 if isinstance(c, dict):
                     c = " ".join(c.get("$texts", []))
                 if isinstance(c, list):
-                    c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
+                    c = " ".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
                 return str(c or "")
-    except ValueError:
+    except (ValueError, TypeError):
         pass
     return ""

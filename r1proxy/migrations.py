@@ -177,6 +177,15 @@ def applied(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT name FROM _r1proxy_migrations")}
 
 
+@migration
+def m005_request_prompt(conn: sqlite3.Connection) -> None:
+    # server.log_prompts = true keeps the last user message of each request here (NULL otherwise).
+    # Idempotent for databases a development build already gave the column.
+    cols = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    if "prompt" not in cols:
+        conn.execute("ALTER TABLE requests ADD COLUMN prompt TEXT")
+
+
 def migrate(conn: sqlite3.Connection, *, now: float | None = None) -> list[str]:
     """Apply every missing migration, each in its own transaction; returns the names applied.
 

@@ -19,7 +19,7 @@ REQUEST_COLUMNS = (
     "ts", "request_id", "key_name", "alias", "upstream_model", "route", "stream", "cache", "tier",
     "status", "error_type", "latency_ms", "ttfb_ms", "prompt_tokens", "completion_tokens",
     "reasoning_tokens", "cost", "cost_saved", "request_bytes", "response_bytes", "generation_id",
-    "cache_key",
+    "cache_key", "prompt",
 )
 _INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})")

@@ -110,3 +110,18 @@ def test_check_config_redacts_the_upstream_key(tmp_path: Path, capsys: pytest.Ca
     doc = json.loads(out)
     assert code == 0 and doc["upstreams"]["openrouter"]["api_key"] == "(set)"
     assert UPSTREAM_KEY not in out and "local-secret-key" not in out
+
+
+@pytest.mark.parametrize("log_prompts", [False, True])
+async def test_prompts_reach_the_request_log_only_when_asked(proxy: Any, fake_server: Any, tmp_path: Path,
+                                                             log_prompts: bool) -> None:
+    client = await proxy(server={"log_prompts": log_prompts})
+    for raw in (json.dumps({"model": "deepseek-r1", "messages": [{"role": "user", "content": "secret plan"}]}),
+                "[1, 2]", "not json"):
+        r = await client.post("/chat/completions", data=raw, headers={"Content-Type": "application/json"})
+        await r.read()
+    await client.close()
+    rows = sqlite3.connect(tmp_path / "state" / "r1proxy.db").execute(
+        "SELECT status, prompt FROM requests ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == [200, 400, 400]
+    assert [r[1] for r in rows] == (["secret plan", None, None] if log_prompts else [None, None, None])
