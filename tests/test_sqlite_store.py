@@ -408,3 +408,21 @@ def test_sigkill_mid_write_leaves_a_usable_db(tmp_path: Path) -> None:
             await db.close()
 
     asyncio.run(check())
+
+
+def test_upgrade_from_the_first_shipped_schema_keeps_rows(tmp_path: Path) -> None:
+    """A database made by the first release (m001–m004) gains m005's prompt column and keeps its rows."""
+    from r1proxy import migrations
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE _r1proxy_migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+    for fn in migrations.MIGRATIONS[:4]:
+        fn(conn)
+        conn.execute("INSERT INTO _r1proxy_migrations VALUES (?, 0)", (fn.__name__,))
+    conn.execute("INSERT INTO requests (ts, alias, cache, status) VALUES (1, 'deepseek-r1', 'HIT', 200)")
+    assert migrations.migrate(conn) == ["m005_request_prompt"]
+    assert conn.execute("SELECT alias, cache, status, prompt FROM requests").fetchall() == [
+        ("deepseek-r1", "HIT", 200, None)]
+    assert conn.execute("SELECT requests, hits FROM v_daily").fetchone() == (1, 1)
+    assert migrations.migrate(conn) == []
