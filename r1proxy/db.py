@@ -1,9 +1,11 @@
 """The SQLite database: opening (PRAGMAs, recovery, migrations), one writer task, reads, close.
 
-``Database`` owns the aiosqlite connections to ``r1proxy.db`` (one for the writer, one for
-reads). Writes never block or fail a caller: ``submit()`` queues them and a single background
-task runs them in batches, one transaction per batch; errors are logged once per kind and
-counted in ``write_errors``.
+``Database`` owns the connections to ``r1proxy.db``: an aiosqlite connection for reads, a
+point-read connection for the cache's key lookups, and a writer connection on its own thread.
+Writes never block or fail a caller: ``submit()`` queues them and a single background task
+runs them in batches, each batch one transaction in ONE trip to the writer thread (an await
+per statement would make the writer crawl when the event loop is busy: every await waits for
+a full loop iteration); errors are logged once per kind and counted in ``write_errors``.
 A file that is not a database (or fails ``quick_check``) is moved aside at open and a fresh
 one is started; a database held locked by another process raises ``DatabaseLocked``.
 """
@@ -15,6 +17,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,17 +125,30 @@ def move_aside(path: Path, now: float | None = None) -> Path:
     return target
 
 
-async def _connect(path: Path, busy_timeout_ms: int, *, reader: bool) -> aiosqlite.Connection:
+_PRAGMAS = ("journal_mode = WAL", "synchronous = NORMAL", "temp_store = MEMORY")
+
+
+async def _connect_reader(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
-    pragmas = ["journal_mode = WAL", "synchronous = NORMAL", f"busy_timeout = {int(busy_timeout_ms)}",
-               "temp_store = MEMORY"]
-    if reader:
-        pragmas.append("query_only = ON")
     try:
-        for pragma in pragmas:
+        for pragma in (*_PRAGMAS, f"busy_timeout = {int(busy_timeout_ms)}", "query_only = ON"):
             await conn.execute(f"PRAGMA {pragma}")
     except sqlite3.Error as e:
         await conn.close()
+        if _is_busy(e):
+            raise DatabaseLocked(f"{path}: database is locked by another process") from None
+        raise DatabaseUnavailable(f"{path}: cannot open database: {e}") from None
+    return conn
+
+
+def _connect_writer(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    """The writer's connection; created, used and closed on the writer thread only."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
+    try:
+        for pragma in (*_PRAGMAS, f"busy_timeout = {int(busy_timeout_ms)}"):
+            conn.execute(f"PRAGMA {pragma}")
+    except sqlite3.Error as e:
+        conn.close()
         if _is_busy(e):
             raise DatabaseLocked(f"{path}: database is locked by another process") from None
         raise DatabaseUnavailable(f"{path}: cannot open database: {e}") from None
@@ -154,11 +170,12 @@ class Database:
     they see committed data, i.e. everything ``flush()`` or ``execute()`` has waited for.
     """
 
-    def __init__(self, path: Path, conn: aiosqlite.Connection, reader: aiosqlite.Connection, *,
-                 batch_size: int = 256) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, pool: ThreadPoolExecutor,
+                 reader: aiosqlite.Connection, *, batch_size: int = 256) -> None:
         self.path = path
         self.recovered_from: Path | None = None  # where a corrupt file was moved at open
-        self._conn = conn
+        self._conn = conn  # the writer's: touched only on the pool's one thread
+        self._pool = pool
         self._reader = reader
         self._batch_size = batch_size
         self._queue: asyncio.Queue[_Op] = asyncio.Queue()
@@ -200,13 +217,20 @@ class Database:
                 await asyncio.to_thread(_prepare, path, busy_timeout_ms, False)
             except sqlite3.Error as e2:
                 raise DatabaseUnavailable(f"{path}: cannot create a fresh database: {e2}") from None
-        conn = await _connect(path, busy_timeout_ms, reader=False)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r1proxy-db-writer")
+        loop = asyncio.get_running_loop()
         try:
-            reader = await _connect(path, busy_timeout_ms, reader=True)
+            conn = await loop.run_in_executor(pool, _connect_writer, path, busy_timeout_ms)
         except BaseException:
-            await conn.close()
+            pool.shutdown(wait=False)
             raise
-        db = cls(path, conn, reader, batch_size=batch_size)
+        try:
+            reader = await _connect_reader(path, busy_timeout_ms)
+        except BaseException:
+            await loop.run_in_executor(pool, conn.close)
+            pool.shutdown(wait=False)
+            raise
+        db = cls(path, conn, pool, reader, batch_size=batch_size)
         db.recovered_from = moved
         db._point = _point_reader(path)
         return db
@@ -286,15 +310,17 @@ class Database:
             await self._writer
         except asyncio.CancelledError:
             pass
+        loop = asyncio.get_running_loop()
         try:
-            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await loop.run_in_executor(self._pool, self._conn.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as e:
             log.warning("%s: WAL checkpoint at close failed: %s", self.path, e)
         if self._point is not None:
             self._point.close()
             self._point = None
         await self._reader.close()
-        await self._conn.close()
+        await loop.run_in_executor(self._pool, self._conn.close)
+        self._pool.shutdown(wait=True)
 
     def _enqueue(self, op: _Op) -> int:
         if self._closed:
@@ -334,29 +360,38 @@ class Database:
                 ev.set()
 
     async def _run_batch(self, batch: list[_Op]) -> None:
+        ops = self._coalesce(batch)
+        outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, self._write, batch, ops)
+        for op, count, error in outcomes:
+            if error is not None:
+                self._errors.note(error, op.sql)
+                self._resolve(op, error=error)
+            else:
+                self._resolve(op, count=count)
+
+    def _write(self, batch: list[_Op], ops: list[_Op]) -> list[tuple[_Op, int, sqlite3.Error | None]]:
+        """On the writer thread: the batch as one transaction; (op, rowcount, error) for each op."""
         conn = self._conn
         try:
-            await conn.execute("BEGIN")
-            ops = self._coalesce(batch)
-            counts = [await self._run(op) for op in ops]
-            await conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            counts = [self._run(op) for op in ops]
+            conn.execute("COMMIT")
+            return [(op, n, None) for op, n in zip(ops, counts, strict=True)]
         except sqlite3.Error:
             # Some errors (disk full, I/O) roll the whole transaction back: redo op by op in
             # autocommit so the good writes land and only the bad ones are skipped.
             if conn.in_transaction:
                 try:
-                    await conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+            out: list[tuple[_Op, int, sqlite3.Error | None]] = []
             for op in batch:
                 try:
-                    self._resolve(op, count=await self._run(op))
+                    out.append((op, self._run(op), None))
                 except sqlite3.Error as e:
-                    self._errors.note(e, op.sql)
-                    self._resolve(op, error=e)
-            return
-        for op, n in zip(ops, counts, strict=True):
-            self._resolve(op, count=n)
+                    out.append((op, 0, e))
+            return out
 
     def _coalesce(self, batch: list[_Op]) -> list[_Op]:
         """Merge runs of the same fire-and-forget statement into one executemany."""
@@ -373,13 +408,10 @@ class Database:
                 out.append(_Op(op.sql, list(op.params) if op.many else op.params, op.many, op.done))
         return out
 
-    async def _run(self, op: _Op) -> int:
-        if op.many:
-            cur = await self._conn.executemany(op.sql, op.params)
-        else:
-            cur = await self._conn.execute(op.sql, op.params)
+    def _run(self, op: _Op) -> int:
+        cur = self._conn.executemany(op.sql, op.params) if op.many else self._conn.execute(op.sql, op.params)
         n = cur.rowcount
-        await cur.close()
+        cur.close()
         return n
 
     @staticmethod
