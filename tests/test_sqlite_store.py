@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -426,3 +427,31 @@ def test_upgrade_from_the_first_shipped_schema_keeps_rows(tmp_path: Path) -> Non
         ("deepseek-r1", "HIT", 200, None)]
     assert conn.execute("SELECT requests, hits FROM v_daily").fetchone() == (1, 1)
     assert migrations.migrate(conn) == []
+
+
+async def test_a_write_batch_is_one_trip_to_the_writer_thread(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under load every await waits a whole (busy) loop iteration: the writer must not await per
+    statement, or it falls behind and queued entries pile up in memory."""
+    db = await open_db(tmp_path / "r1proxy.db")
+    loop = asyncio.get_running_loop()
+    trips = 0
+    real = loop.run_in_executor
+
+    def counting(executor: Any, fn: Any, *args: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return real(executor, fn, *args)
+
+    monkeypatch.setattr(loop, "run_in_executor", counting)
+    try:
+        for i in range(100):  # alternating statements: nothing to coalesce, 100 statements in one batch
+            db.submit("INSERT INTO key_usage (key_name, day, requests, tokens, usd) VALUES (?, ?, 1, 0, 0)",
+                      (f"k{i}", "2026-11-25"))
+            db.submit("UPDATE key_usage SET tokens = tokens + 1 WHERE key_name = ?", (f"k{i}",))
+        await db.flush()
+        assert trips == 1
+        assert (await db.fetchone("SELECT COUNT(*), SUM(tokens) FROM key_usage")) == (100, 100)
+    finally:
+        monkeypatch.undo()
+        await db.close()
