@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from .balance import retry_after_seconds
 from .completion import Assembler, Normalizer, not_cacheable
 from .config import ModelConfig, RetryConfig, UpstreamConfig
 from .errors import ProxyError, from_upstream
@@ -73,17 +74,6 @@ class Hooks:
     def skip_error(self, route: Route, why: str) -> ProxyError:
         """What the client sees when ``skip`` left no route to try."""
         return ProxyError(503, f"{route.label} is unavailable: {why}")
-
-
-def retry_after_s(headers: Any) -> float | None:
-    for name, scale in (("retry-after-ms", 0.001), ("Retry-After", 1.0)):
-        v = headers.get(name) if headers is not None else None
-        if v:
-            try:
-                return max(0.0, float(v) * scale)
-            except ValueError:
-                continue
-    return None
 
 
 def is_daily_quota(err: ProxyError) -> bool:
@@ -210,7 +200,7 @@ class Flight:
         try:
             ttfb = time.monotonic() - t0
             status = resp.status
-            retry_after = retry_after_s(resp.headers)
+            retry_after = retry_after_seconds(resp.headers)
             ctype = resp.headers.get("Content-Type", "")
             if status != 200:
                 payload = await read_json(resp, up)

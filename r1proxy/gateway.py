@@ -154,6 +154,7 @@ class Ident:
     repeated body skips JSON parsing and canonicalisation on the hit path."""
 
     model: str
+    deps: list[ModelConfig | None]  # the alias's deployments ([None]: a pass-through model id)
     stream: bool
     body_cache: Any
     cache_key: str
@@ -161,7 +162,7 @@ class Ident:
     body: dict[str, Any] | None = None
 
     def memo(self) -> Ident:
-        return Ident(self.model, self.stream, self.body_cache, self.cache_key)
+        return Ident(self.model, self.deps, self.stream, self.body_cache, self.cache_key)
 
 
 IDENT_MEMO_SIZE = 4096
@@ -324,15 +325,12 @@ class Gateway:
             # the alias's first deployment, not the balancer's pick: the key must not move
             upstream = first.upstream if first is not None else self.config.server.default_upstream
             cache_key, canonical = self.keys.cache_key(upstream, primary, cc.namespace)
-        return Ident(body["model"], bool(body.get("stream")), body_cache, cache_key, canonical, body)
+        return Ident(body["model"], deps, bool(body.get("stream")), body_cache, cache_key, canonical, body)
 
     async def _fast_hit(self, request: web.Request, ctx: Ctx, key: KeyConfig,
                         ident: Ident) -> web.StreamResponse | None:
         """A memory hit for a body seen before, without parsing it; None to take the full path."""
         assert self.cache is not None
-        deps = self.aliases.get(ident.model)
-        if deps is None and not self.config.server.allow_unknown_models:
-            return None
         self.allowed(ident.model, key)
         header = request.headers.get("Cache-Control")
         cc = _DEFAULT_CC if header is None and ident.body_cache is None else parse_cache_control(
@@ -345,7 +343,7 @@ class Gateway:
             entry, tier = await self.cache.get(ident.cache_key)  # the disk tier (promoted on a hit)
         if entry is None or not self._usable(entry, cc):
             return None
-        first = deps[0] if deps else None
+        first = ident.deps[0]
         ctx.stream, ctx.alias, ctx.cache_key = ident.stream, ident.model, ident.cache_key
         ctx.upstream_model = first.model if first else ident.model
         return await self._serve_hit(request, ctx, entry, tier or "", ident.stream,
@@ -376,9 +374,8 @@ class Gateway:
         stream = ident.stream
         ctx.stream = stream
         cc = parse_cache_control(request.headers.get("Cache-Control"), ident.body_cache)
-        alias = ident.model
+        alias, deps = ident.model, ident.deps
         self.allowed(alias, key)
-        deps = self.resolve(alias)
         ctx.alias = alias
         first = deps[0]
         mode = first.reasoning if first else "field"
