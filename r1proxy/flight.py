@@ -162,7 +162,8 @@ class Flight:
                 self.outcome.upstream_errors.append(f"{route.label}: {err.status} {err.message[:120]}")
                 if self.data_count:  # bytes reached followers: never retry, never fall back
                     return self._fail(err)
-                if err.status not in RETRYABLE or attempt + 1 >= retry.max_attempts or is_daily_quota(err):
+                if (err.status not in RETRYABLE or attempt + 1 >= retry.max_attempts or is_daily_quota(err)
+                        or err.code == "upstream_key_missing"):
                     break
                 if retry_after is not None and retry_after > retry.max_retry_after_s:
                     break  # a long wait: better served by a fallback, or by the client itself
@@ -185,6 +186,11 @@ class Flight:
     async def _attempt(self, session: aiohttp.ClientSession, route: Route, client_headers: dict[str, str],
                        hooks: Hooks) -> tuple[ProxyError | None, float | None]:
         up = route.upstream
+        if not up.api_key and (up.api_key_env or up.api_key_file):
+            where = f"${up.api_key_env}" if up.api_key_env else "its api_key_file"
+            return ProxyError(500, f"r1proxy has no API key for upstream {up.name}: set {where} where r1proxy "
+                                   "runs, then restart it", type="configuration_error", code="upstream_key_missing",
+                              headers={"x-should-retry": "false"}), None
         try:
             token = await hooks.before_attempt(route)
         except ProxyError as e:  # queued too long, or a quota known to be gone

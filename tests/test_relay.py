@@ -200,3 +200,18 @@ async def test_upstream_key_never_leaks(proxy: Any, fake_server: Any, caplog: py
     rendered = "\n".join(PlainFormatter().format(r) for r in caplog.records)  # as they reach stderr
     assert rendered.count("request_id=") >= 4  # the access lines were really captured
     assert UPSTREAM_KEY not in rendered and UPSTREAM_KEY not in caplog.text
+
+
+async def test_missing_upstream_key_is_a_clear_error_not_an_upstream_401(
+        aiohttp_client: Any, fake_server: Any, tmp_path: Any) -> None:
+    from r1proxy.app import create_app
+    from r1proxy.config import build_config
+
+    cfg = build_config({"upstreams": {"openrouter": {"base_url": fake_server.base_url}},
+                        "server": {"state_dir": str(tmp_path / "s")}}, env={})
+    client = await aiohttp_client(create_app(cfg))
+    r = await client.post("/chat/completions", json=roo_body(stream=False), headers=AUTH)
+    assert r.status == 500 and r.headers["x-should-retry"] == "false"
+    err = (await r.json())["error"]
+    assert "OPENROUTER_API_KEY" in err["message"] and err["code"] == "upstream_key_missing"
+    assert fake_server.calls == []  # nothing went upstream without a key
