@@ -75,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ops.logs(config, args.n, args.follow, args.errors)
         if args.cmd == "cache":
             if args.cache_cmd is None:
-                p.parse_args(["cache", "--help"])
+                print("r1proxy: cache needs an action: ls, show, purge, vacuum, path or backup (see --help)",
+                      file=sys.stderr)
+                return 2
             if args.cache_cmd == "purge" and not (args.model or args.older_than or args.all):
                 print("r1proxy: purge needs --model, --older-than or --all", file=sys.stderr)
                 return 2
@@ -126,7 +128,7 @@ def _keys(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     from .auth import new_key
 
     if args.keys_cmd != "new":
-        p.parse_args(["keys", "--help"])
+        print("r1proxy: keys needs an action: new NAME (see --help)", file=sys.stderr)
         return 2
     name = args.name
     if not name or any(c in name for c in "\"\\\n"):
