@@ -103,6 +103,7 @@ class Flight:
         self.error_in_stream = False  # the error was emitted as an item (after data)
         self.result: dict[str, Any] | None = None
         self.cacheable = False
+        self.store = True  # whether any follower allows storing the answer (Cache-Control: no-store)
         self.headers: dict[str, str] = {}
         self.outcome = Outcome()
         self.followers = 0

@@ -400,6 +400,7 @@ class Gateway:
         flight = self.flights.get(cache_key) if cache_key and cc.lookup else None
         if flight is not None and not flight.finished:
             ctx.cache = "COALESCED"
+            flight.store = flight.store or cc.store  # a joiner that may store keeps the answer, whoever started
         else:
             ctx.cache = "MISS" if use_cache and cc.lookup else ("BYPASS" if use_cache else "NONE")
             flight = self._start(cache_key, stream, self.routes(alias, deps, body), request, cc, canonical, ctx)
@@ -435,9 +436,10 @@ class Gateway:
             if key and self.flights.get(key) is f:
                 del self.flights[key]
             await asyncio.sleep(0)  # followers send [DONE] first; compressing for the store can wait
-            if f.result is not None and f.cacheable and cc.store and self.cache is not None and key:
+            if f.result is not None and f.cacheable and f.store and self.cache is not None and key:
                 await self._store(key, f, cc, canonical, ctx)
 
+        flight.store = cc.store
         if key:
             self.flights[key] = flight
         flight.task = asyncio.get_running_loop().create_task(

@@ -391,6 +391,26 @@ async def test_ten_concurrent_streams_make_one_upstream_call(proxy: Any, fake_se
     assert upstream_calls(fake_server) == 1
 
 
+async def test_a_joiner_that_may_store_keeps_a_no_store_starters_answer(proxy: Any, fake_server: Any) -> None:
+    """no-store is the asking client's wish for its own reply; a joiner without it still gets the cache."""
+    client = await proxy()
+    fake_server.script(Script(delay_first_byte=0.3))
+    starter = asyncio.create_task(answer(client, roo_body(), {"Cache-Control": "no-store"}))
+    await asyncio.sleep(0.1)
+    joiner = await answer(client, roo_body())
+    await starter
+    assert joiner[0].headers["X-Cache"] == "COALESCED"
+    r, _ = await answer(client, roo_body())
+    assert r.headers["X-Cache"] == "HIT" and upstream_calls(fake_server) == 1
+
+
+async def test_no_store_starter_alone_is_not_stored(proxy: Any, fake_server: Any) -> None:
+    client = await proxy()
+    await answer(client, roo_body(), {"Cache-Control": "no-store"})
+    r, _ = await answer(client, roo_body())
+    assert r.headers["X-Cache"] == "MISS" and upstream_calls(fake_server) == 2
+
+
 @pytest.mark.parametrize("starter", ["stream", "json"])
 async def test_stream_and_json_joiners_share_one_call(proxy: Any, fake_server: Any, starter: str) -> None:
     client = await proxy()
