@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from .balance import retry_after_seconds
-from .completion import Assembler, Normalizer, not_cacheable
+from .completion import Assembler, Normalizer, dumps, not_cacheable
 from .config import ModelConfig, RetryConfig, UpstreamConfig
 from .errors import ProxyError, from_upstream
 from .sse import SSEParser, comment_frame
@@ -35,10 +35,20 @@ NO_FALLBACK = frozenset({400, 413, 422})  # the client's own mistake: another ro
 
 @dataclass(slots=True)
 class Route:
+    """One way to answer: an upstream, a deployment, and the body to send it (encoded when first
+    needed: a fallback that is never tried costs nothing)."""
+
     alias: str
     upstream: UpstreamConfig
-    body: bytes
+    payload: dict[str, Any]
     deployment: ModelConfig | None = None
+    _body: bytes | None = None
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = dumps(self.payload)
+        return self._body
 
     @property
     def label(self) -> str:

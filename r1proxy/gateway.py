@@ -264,9 +264,9 @@ class Gateway:
     def _route(self, alias: str, dep: ModelConfig | None, body: dict[str, Any]) -> Route:
         if dep is None:
             up = self.config.upstreams[self.config.server.default_upstream]
-            return Route(alias, up, dumps(prepare(body, None, alias)), None)
+            return Route(alias, up, prepare(body, None, alias), None)
         up = self.config.upstreams[dep.upstream]
-        return Route(alias, up, dumps(prepare(body, dep, dep.model)), dep)
+        return Route(alias, up, prepare(body, dep, dep.model), dep)
 
     # -- the endpoint ----------------------------------------------------------------------
 
