@@ -591,14 +591,25 @@ class Gateway:
                 ctx.response_bytes += len(data)
                 await resp.write(data)
             elif flight.error is not None and not flight.error_in_stream:
+                stale = await self._stale(key, cc, flight.error)
                 if resp is None:
-                    stale = await self._stale(key, cc, flight.error)
                     if stale is not None:
                         raise _Stale(stale)
                     raise flight.error
-                # headers already went out (keep-alives): the error must be a final data event
-                ctx.status, ctx.error_type = flight.error.status, flight.error.type
-                await resp.write(sse.data_frame(dumps(flight.error.body())))
+                if stale is not None:
+                    # only keep-alives went out: the stale answer can still be the whole reply (the
+                    # X-Cache header said MISS already, so a comment says what happened)
+                    ctx.cache, ctx.cost_saved = "STALE", stale.cost
+                    ctx.usage = stale.completion.get("usage") or {}
+                    data = (sse.comment_frame(f"r1proxy: upstream failed ({flight.error.status}); "
+                                              "serving a stale cached answer")
+                            + render_sse(stale.completion, mode))
+                    ctx.response_bytes += len(data)
+                    await resp.write(data)
+                else:
+                    # headers already went out (keep-alives): the error must be a final data event
+                    ctx.status, ctx.error_type = flight.error.status, flight.error.type
+                    await resp.write(sse.data_frame(dumps(flight.error.body())))
             elif flight.error is not None:
                 ctx.status, ctx.error_type = flight.error.status, flight.error.type
             elif not replayed:

@@ -635,6 +635,23 @@ async def test_stale_if_error(proxy: Any, fake_server: Any, stream: bool) -> Non
     assert upstream_calls(fake_server) == 5
 
 
+async def test_stale_if_error_after_early_keepalive_headers(proxy: Any, fake_server: Any) -> None:
+    """R1 often fails after the proxy already sent 200 + keep-alives: the stale answer is still the reply."""
+    client = await proxy(cache={"ttl": 60, "stale_if_error": 3600}, retry={"max_attempts": 1},
+                         stream={"early_headers_s": 0.05, "keepalive_s": 0.05})
+    move = frozen_clock(client)
+    _, fresh = await answer(client, roo_body())
+    move(T0 + 100)
+    fake_server.script(Script(status=503, delay_first_byte=0.3))
+    r, stale = await answer(client, roo_body())  # ends in [DONE], no error event
+    assert r.headers["X-Cache"] == "MISS"  # went out with the early headers
+    assert stale["content"] == fresh["content"] and stale["reasoning"] == fresh["reasoning"]
+    fake_server.script(Script(status=503, delay_first_byte=0.3))
+    r, text = await post(client, roo_body(cache={"no-cache": True}))  # no stale for no-cache: the error
+    assert r.status == 200 and "error" in chunks_of(text)[-1] and "data: [DONE]" not in text
+    assert upstream_calls(fake_server) == 3
+
+
 async def test_stale_if_error_off(proxy: Any, fake_server: Any) -> None:
     client = await proxy(cache={"ttl": 60, "stale_if_error": 0}, retry={"max_attempts": 1})
     move = frozen_clock(client)
