@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
-import math
 import re
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -25,151 +23,25 @@ import xxhash
 from aiohttp import web
 
 from . import sse
+from .accounting import Accounting
 from .auth import Auth
 from .cache import CacheEntry, TieredCache
 from .cache.keys import KeyMaker
 from .completion import Renderer, dumps, render_json, render_sse
 from .config import Config, KeyConfig, ModelConfig
-from .errors import ProxyError, bad_request
+from .errors import ProxyError
 from .flight import Flight, Hooks, Route
-from .logsetup import log_requests
 from .metrics import Metrics
 from .policy import UpstreamPolicy
 from .ratelimit import KeyLimiter
 from .reqlog import RequestLog, utc_day
+from .request import DEFAULT_CC, CacheControl, Ctx, Ident, last_user_text, parse_cache_control, prompt_of, validate
 from .templates import prepare
 
 log = logging.getLogger("r1proxy")
 
 
-@dataclass(slots=True)
-class CacheControl:
-    lookup: bool = True
-    store: bool = True
-    max_age: float | None = None
-    only_if_cached: bool = False
-    ttl: float | None = None
-    namespace: str = ""
-    stale_ok: bool = True
-
-
-@dataclass(slots=True)
-class Ctx:
-    """One request's facts, filled in as it goes: the request log row and metrics come from it."""
-
-    request_id: str
-    t0: float
-    key_name: str = ""
-    alias: str = ""
-    upstream_model: str = ""
-    stream: bool = False
-    cache: str = "NONE"
-    tier: str = ""
-    status: int = 200
-    error_type: str = ""
-    ttfb: float | None = None
-    route: str = ""
-    cache_key: str = ""
-    request_bytes: int = 0
-    response_bytes: int = 0
-    usage: dict[str, Any] = field(default_factory=dict)
-    generation_id: str = ""
-    cost_saved: float = 0.0
-    admitted: bool = False
-    latency: float = 0.0
-    touched: str = ""  # the cache entry this request hit, for the batched hit count
-    ts: float = 0.0  # wall-clock start, for the request log
-    prompt: str | None = None  # the last user message, only with server.log_prompts
-
-
-_DEFAULT_CC = CacheControl()  # read-only: requests with no cache controls share it
-
-
-def parse_cache_control(header: str | None, body_cache: Any) -> CacheControl:
-    cc = CacheControl()
-    for part in (header or "").split(","):
-        name, _, value = part.strip().partition("=")
-        name = name.strip().lower()
-        if name == "no-cache":
-            cc.lookup, cc.stale_ok = False, False
-        elif name == "no-store":
-            cc.store = False
-        elif name == "only-if-cached":
-            cc.only_if_cached = True
-        elif name in ("max-age", "s-maxage"):
-            try:
-                cc.max_age = max(0.0, float(value.strip().strip('"')))
-                if not math.isfinite(cc.max_age):
-                    raise ValueError
-            except ValueError:
-                raise bad_request(f"Cache-Control {name} must be a number of seconds") from None
-    if body_cache is not None:
-        if not isinstance(body_cache, dict):
-            raise bad_request("`cache` must be an object such as {\"no-cache\": true}", "cache")
-        if body_cache.get("no-cache"):
-            cc.lookup, cc.stale_ok = False, False
-        if body_cache.get("no-store"):
-            cc.store = False
-        for name, attr in (("ttl", "ttl"), ("s-maxage", "max_age")):
-            if name in body_cache:
-                v = body_cache[name]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                    raise bad_request(f"cache.{name} must be a number of seconds", f"cache.{name}")
-                setattr(cc, attr, float(v))
-        ns = body_cache.get("namespace")
-        if ns is not None:
-            if not isinstance(ns, str):
-                raise bad_request("cache.namespace must be a string", "cache.namespace")
-            cc.namespace = ns
-    return cc
-
-
-def validate(raw: bytes) -> dict[str, Any]:
-    """The request body as a dict, or a 400 that says what is wrong with it."""
-    if not raw:
-        raise bad_request("Request body is empty; expected a JSON object with `model` and `messages`")
-    try:
-        body = json.loads(raw)
-    except ValueError as e:
-        raise bad_request(f"Request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise bad_request("Request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("`model` is required and must be a non-empty string", "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("`messages` is required and must be a non-empty array", "messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise bad_request(f"messages[{i}] must be an object with a string `role`", f"messages[{i}]")
-    if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
-        raise bad_request("`stream` must be true or false", "stream")
-    return body
-
-
-@dataclass(slots=True)
-class Ident:
-    """What a raw request body means (pure function of the bytes and the config): memoised so a
-    repeated body skips JSON parsing and canonicalisation on the hit path."""
-
-    model: str
-    deps: list[ModelConfig | None]  # the alias's deployments ([None]: a pass-through model id)
-    stream: bool
-    body_cache: Any
-    cache_key: str
-    canonical: bytes = b""
-    body: dict[str, Any] | None = None
-
-    def memo(self) -> Ident:
-        return Ident(self.model, self.deps, self.stream, self.body_cache, self.cache_key)
-
-
 IDENT_MEMO_SIZE = 4096
-# Accounting (metrics, request log, access lines, hit counts) runs in batches this long after a reply:
-# off the hot path, and one write for many requests under load. Limits and /stats flush it first.
-ACCOUNTING_DELAY_S = 0.05
-ACCOUNTING_BATCH = 32
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -189,25 +61,20 @@ class Gateway:
         self.flights: dict[str, Flight] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.metrics = Metrics()
-        self.usage: dict[tuple[str, str], list[float]] = {}  # (key name, UTC day) -> [requests, tokens, usd]
+        self.accounting = Accounting(config, self.metrics, self.limiter, reqlog, cache, self.tasks)
         self.clock = time.time
+        self.accounting.clock = lambda: self.clock()  # one notion of "now" (tests move it)
         self.started_at = time.time()
         self._idents: OrderedDict[bytes, Ident] = OrderedDict()
-        self._pending: list[Ctx] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
-        self._pruned_at = 0.0
         self._rid = itertools.count(1)
         self._rid_prefix = uuid.uuid4().hex[:6]
 
     async def start(self) -> None:
-        """Load today's per-key usage (daily budgets survive a restart)."""
-        if self.reqlog is not None:
-            day = utc_day(self.clock())
-            for name, (reqs, tokens, usd) in (await self.reqlog.load_usage(day)).items():
-                self.usage[(name, day)] = [reqs, tokens, usd]
-            if self.config.server.log_retention:
-                self._pruned_at = self.clock()
-                self.reqlog.prune(self._pruned_at - self.config.server.log_retention)
+        await self.accounting.start()
+
+    def flush_accounting(self) -> None:
+        """Account for every finished request now (tests and limits want current numbers)."""
+        self.accounting.flush()
 
     async def refresh_cache_stats(self) -> None:
         self.flush_accounting()
@@ -292,14 +159,13 @@ class Gateway:
             if held or ctx.admitted:
                 self.limiter.release(ctx.key_name)
             self.metrics.dec_in_flight()
-            self.finished(ctx)
+            self.accounting.finished(ctx)
 
     def _admit(self, key: KeyConfig) -> None:
         """Per-key rpm/tpm/parallel limits and daily budgets; raises a 429 when over."""
-        if self._pending:
-            self.flush_accounting()  # usage must be current before it is judged
+        self.accounting.flush()  # usage must be current before it is judged
         if key.daily_tokens or key.daily_usd:
-            used = self.usage.get((key.name, utc_day(self.clock())))
+            used = self.accounting.usage.get((key.name, utc_day(self.clock())))
             if used is not None:
                 why = self.limiter.budget_exceeded(key.name, {"tokens": used[1], "usd": used[2]})
                 if why:
@@ -333,7 +199,7 @@ class Gateway:
         assert self.cache is not None
         self.allowed(ident.model, key)
         header = request.headers.get("Cache-Control")
-        cc = _DEFAULT_CC if header is None and ident.body_cache is None else parse_cache_control(
+        cc = DEFAULT_CC if header is None and ident.body_cache is None else parse_cache_control(
             header, ident.body_cache)
         if not cc.lookup:
             return None
@@ -353,7 +219,7 @@ class Gateway:
         raw = await request.read()
         ctx.request_bytes = len(raw)
         if self.config.server.log_prompts:  # opt-in: prompts stay out of the request log by default
-            ctx.prompt = _prompt_of(raw)
+            ctx.prompt = prompt_of(raw)
         use_cache = self.cache is not None and self.config.cache.enabled
         digest = b""
         if use_cache:
@@ -464,7 +330,7 @@ class Gateway:
             completion_tokens=int(usage.get("completion_tokens") or 0),
             reasoning_tokens=int(details.get("reasoning_tokens") or 0),
             cost=float(usage.get("cost") or 0.0), last_hit_at=now,
-            preview_user=_last_user_text(canonical)[:160], preview_answer=str(msg.get("content") or "")[:160],
+            preview_user=last_user_text(canonical)[:160], preview_answer=str(msg.get("content") or "")[:160],
             raw_bytes=len(body) + len(canonical))
         await self.cache.put(entry)
 
@@ -643,123 +509,6 @@ class Gateway:
             return None
         return entry
 
-    def finished(self, ctx: Ctx) -> None:
-        """Queue a request's accounting; it runs right after the reply is on its way (off the hot path)."""
-        ctx.latency = time.monotonic() - ctx.t0
-        if not self._pending:
-            self._flush_handle = asyncio.get_running_loop().call_later(ACCOUNTING_DELAY_S, self.flush_accounting)
-        self._pending.append(ctx)
-        if len(self._pending) == ACCOUNTING_BATCH:  # bounded batches: no long pause under load
-            asyncio.get_running_loop().call_soon(self.flush_accounting)
-
-    def flush_accounting(self) -> None:
-        """Account for every finished request: metrics, key usage, request-log rows, log lines."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        hits = [(ctx.touched, self.clock()) for ctx in pending if ctx.touched]
-        if hits and self.cache is not None:
-            task = asyncio.get_running_loop().create_task(self.cache.touch_slow(hits))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        now = self.clock()
-        day = utc_day(now)
-        if self.reqlog is not None and self.config.server.log_retention and now - self._pruned_at > 3600:
-            self._pruned_at = now  # hourly: the request log keeps log_retention worth of rows
-            self.reqlog.prune(now - self.config.server.log_retention)
-        delta: dict[str, list[float]] = {}
-        rows = [row for ctx in pending if (row := self._account(ctx, day, delta)) is not None]
-        if self.reqlog is not None:
-            for name, (reqs, tokens, usd) in delta.items():  # budgets survive a restart
-                self.reqlog.add_usage(name, day, int(reqs), int(tokens), usd)
-        if rows and self.reqlog is not None:
-            self.reqlog.record_many(rows)
-        if rows:
-            log_requests(log, [_access(row) for row in rows])
-
-    def _account(self, ctx: Ctx, day: str, usage_delta: dict[str, list[float]]) -> dict[str, Any] | None:
-        latency = ctx.latency
-        usage = ctx.usage or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-        reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
-        served_from_cache = ctx.cache in ("HIT", "STALE")
-        cost = 0.0 if served_from_cache else float(usage.get("cost") or 0.0)
-        m = self.metrics
-        m.request_done(ctx.alias or "-", ctx.status, ctx.cache, latency, ctx.ttfb, ctx.stream)
-        if prompt or completion:
-            m.tokens(ctx.alias or "-", prompt, completion, reasoning, cached=served_from_cache)
-        if served_from_cache and ctx.cost_saved:
-            m.cost_saved(ctx.cost_saved)
-        if cost:
-            m.cost_spent(cost)
-        if ctx.status >= 500 and ctx.error_type not in ("cancelled",):
-            m.upstream_error(ctx.route or ctx.alias or "-", ctx.error_type or str(ctx.status))
-        tokens = 0 if served_from_cache else prompt + completion
-        if ctx.key_name:
-            for totals in (self.usage.setdefault((ctx.key_name, day), [0, 0, 0.0]),
-                           usage_delta.setdefault(ctx.key_name, [0, 0, 0.0])):
-                totals[0] += 1
-                totals[1] += tokens
-                totals[2] += cost
-            if tokens:
-                self.limiter.add_tokens(ctx.key_name, tokens)
-        if not self.config.server.log_requests:
-            return None
-        row = {"ts": ctx.ts, "request_id": ctx.request_id, "key_name": ctx.key_name, "alias": ctx.alias,
-               "upstream_model": ctx.upstream_model, "route": ctx.route, "stream": int(ctx.stream),
-               "cache": ctx.cache, "tier": ctx.tier, "status": ctx.status, "error_type": ctx.error_type,
-               "latency_ms": round(latency * 1000, 3),
-               "ttfb_ms": None if ctx.ttfb is None else round(ctx.ttfb * 1000, 3),
-               "prompt_tokens": prompt, "completion_tokens": completion, "reasoning_tokens": reasoning,
-               "cost": cost, "cost_saved": ctx.cost_saved if served_from_cache else 0.0,
-               "request_bytes": ctx.request_bytes, "response_bytes": ctx.response_bytes,
-               "generation_id": ctx.generation_id, "cache_key": ctx.cache_key, "prompt": ctx.prompt}
-        return row
-
-
 class _Stale(Exception):
     def __init__(self, entry: CacheEntry) -> None:
         self.entry = entry
-
-
-def _access(row: dict[str, Any]) -> dict[str, Any]:
-    """The short access-log line for a request-log row (the database row has everything)."""
-    out = {"request_id": row["request_id"], "key_name": row["key_name"], "model": row["alias"], "status": row["status"],
-           "cache": row["cache"], "tier": row["tier"] or None, "ms": row["latency_ms"], "ttfb_ms": row["ttfb_ms"],
-           "tokens": f"{row['prompt_tokens']}/{row['completion_tokens']}", "bytes": row["response_bytes"]}
-    if row["route"]:
-        out["route"] = row["route"]
-    if row["error_type"]:
-        out["error"] = row["error_type"]
-    return out
-
-
-PROMPT_LOG_CHARS = 4000
-
-
-def _prompt_of(raw: bytes) -> str | None:
-    """The last user message of a request body, for the opt-in prompt log (None if there is none)."""
-    text = _last_user_text(raw)
-    return text[:PROMPT_LOG_CHARS] if text else None
-
-
-def _last_user_text(canonical: bytes) -> str:
-    try:
-        doc = json.loads(canonical)
-        if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list):
-            return ""
-        for m in reversed(doc["messages"]):
-            if isinstance(m, dict) and m.get("role") == "user":
-                c = m.get("content")
-                if isinstance(c, dict):
-                    c = " ".join(c.get("$texts", []))
-                if isinstance(c, list):
-                    c = " ".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
-                return str(c or "")
-    except (ValueError, TypeError):
-        pass
-    return ""

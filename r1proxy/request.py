@@ -1,0 +1,166 @@
+"""What a request asks for and what is learned about it on the way.
+
+``validate`` turns a body into a dict or a 400 that says what is wrong; ``parse_cache_control``
+reads Cache-Control and LiteLLM's body ``cache`` object; ``Ident`` is what a raw body means
+(memoised by the gateway); ``Ctx`` collects one request's facts for the log and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import ModelConfig
+from .errors import bad_request
+
+
+@dataclass(slots=True)
+class CacheControl:
+    lookup: bool = True
+    store: bool = True
+    max_age: float | None = None
+    only_if_cached: bool = False
+    ttl: float | None = None
+    namespace: str = ""
+    stale_ok: bool = True
+
+
+@dataclass(slots=True)
+class Ctx:
+    """One request's facts, filled in as it goes: the request log row and metrics come from it."""
+
+    request_id: str
+    t0: float
+    key_name: str = ""
+    alias: str = ""
+    upstream_model: str = ""
+    stream: bool = False
+    cache: str = "NONE"
+    tier: str = ""
+    status: int = 200
+    error_type: str = ""
+    ttfb: float | None = None
+    route: str = ""
+    cache_key: str = ""
+    request_bytes: int = 0
+    response_bytes: int = 0
+    usage: dict[str, Any] = field(default_factory=dict)
+    generation_id: str = ""
+    cost_saved: float = 0.0
+    admitted: bool = False
+    latency: float = 0.0
+    touched: str = ""  # the cache entry this request hit, for the batched hit count
+    ts: float = 0.0  # wall-clock start, for the request log
+    prompt: str | None = None  # the last user message, only with server.log_prompts
+
+
+DEFAULT_CC = CacheControl()  # read-only: requests with no cache controls share it
+
+
+def parse_cache_control(header: str | None, body_cache: Any) -> CacheControl:
+    cc = CacheControl()
+    for part in (header or "").split(","):
+        name, _, value = part.strip().partition("=")
+        name = name.strip().lower()
+        if name == "no-cache":
+            cc.lookup, cc.stale_ok = False, False
+        elif name == "no-store":
+            cc.store = False
+        elif name == "only-if-cached":
+            cc.only_if_cached = True
+        elif name in ("max-age", "s-maxage"):
+            try:
+                cc.max_age = max(0.0, float(value.strip().strip('"')))
+                if not math.isfinite(cc.max_age):
+                    raise ValueError
+            except ValueError:
+                raise bad_request(f"Cache-Control {name} must be a number of seconds") from None
+    if body_cache is not None:
+        if not isinstance(body_cache, dict):
+            raise bad_request("`cache` must be an object such as {\"no-cache\": true}", "cache")
+        if body_cache.get("no-cache"):
+            cc.lookup, cc.stale_ok = False, False
+        if body_cache.get("no-store"):
+            cc.store = False
+        for name, attr in (("ttl", "ttl"), ("s-maxage", "max_age")):
+            if name in body_cache:
+                v = body_cache[name]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                    raise bad_request(f"cache.{name} must be a number of seconds", f"cache.{name}")
+                setattr(cc, attr, float(v))
+        ns = body_cache.get("namespace")
+        if ns is not None:
+            if not isinstance(ns, str):
+                raise bad_request("cache.namespace must be a string", "cache.namespace")
+            cc.namespace = ns
+    return cc
+
+
+def validate(raw: bytes) -> dict[str, Any]:
+    """The request body as a dict, or a 400 that says what is wrong with it."""
+    if not raw:
+        raise bad_request("Request body is empty; expected a JSON object with `model` and `messages`")
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        raise bad_request(f"Request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise bad_request("Request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("`model` is required and must be a non-empty string", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("`messages` is required and must be a non-empty array", "messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise bad_request(f"messages[{i}] must be an object with a string `role`", f"messages[{i}]")
+    if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
+        raise bad_request("`stream` must be true or false", "stream")
+    return body
+
+
+@dataclass(slots=True)
+class Ident:
+    """What a raw request body means (pure function of the bytes and the config): memoised so a
+    repeated body skips JSON parsing and canonicalisation on the hit path."""
+
+    model: str
+    deps: list[ModelConfig | None]  # the alias's deployments ([None]: a pass-through model id)
+    stream: bool
+    body_cache: Any
+    cache_key: str
+    canonical: bytes = b""
+    body: dict[str, Any] | None = None
+
+    def memo(self) -> Ident:
+        return Ident(self.model, self.deps, self.stream, self.body_cache, self.cache_key)
+
+
+PROMPT_LOG_CHARS = 4000
+
+
+def prompt_of(raw: bytes) -> str | None:
+    """The last user message of a request body, for the opt-in prompt log (None if there is none)."""
+    text = last_user_text(raw)
+    return text[:PROMPT_LOG_CHARS] if text else None
+
+
+def last_user_text(canonical: bytes) -> str:
+    try:
+        doc = json.loads(canonical)
+        if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list):
+            return ""
+        for m in reversed(doc["messages"]):
+            if isinstance(m, dict) and m.get("role") == "user":
+                c = m.get("content")
+                if isinstance(c, dict):
+                    c = " ".join(c.get("$texts", []))
+                if isinstance(c, list):
+                    c = " ".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
+                return str(c or "")
+    except (ValueError, TypeError):
+        pass
+    return ""
