@@ -151,10 +151,12 @@ class Balancer(Generic[T]):
             st.cooling_until = max(st.cooling_until, now + self.cooldown_s)
 
 
-def backoff_delay(attempt: int, base: float, max_delay: float, rng: random.Random | None = None) -> float:
-    """Full-jitter backoff: uniform in [0, min(max_delay, base * 2**attempt)]; attempt 0 = first retry."""
+def backoff_delay(attempt: int, base: float, max_delay: float, rng: random.Random | None = None, *,
+                  floor: float = 0.0) -> float:
+    """Jittered exponential backoff: uniform in [floor × c, c] with c = min(max_delay, base * 2**attempt);
+    attempt 0 = first retry. floor 0 is full jitter."""
     ceiling = min(max_delay, base * 2.0 ** min(max(attempt, 0), 62))
-    return (rng or random).uniform(0.0, ceiling)
+    return (rng or random).uniform(floor * ceiling, ceiling)
 
 
 def retry_after_seconds(headers: Mapping[str, str], *, now_epoch: Clock = time.time) -> float | None:

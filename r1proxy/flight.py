@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from .balance import retry_after_seconds
+from .balance import backoff_delay, retry_after_seconds
 from .completion import Assembler, Normalizer, dumps, not_cacheable
 from .config import ModelConfig, RetryConfig, UpstreamConfig
 from .errors import ProxyError, from_upstream
@@ -178,8 +177,9 @@ class Flight:
                     break
                 if retry_after is not None and retry_after > retry.max_retry_after_s:
                     break  # a long wait: better served by a fallback, or by the client itself
-                delay = min(retry.max_delay_s, retry.base_delay_s * 2 ** attempt) * random.uniform(0.5, 1.0)
-                delay = max(delay, retry_after or 0.0)
+                # at least half the exponential step: a retry storm is what the upstream needs least
+                delay = max(backoff_delay(attempt, retry.base_delay_s, retry.max_delay_s, floor=0.5),
+                            retry_after or 0.0)
                 if time.monotonic() + delay - t0 > retry.max_total_s:
                     break
                 await asyncio.sleep(delay)
