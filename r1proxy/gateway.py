@@ -270,6 +270,7 @@ class Gateway:
         else:
             ctx.cache = "MISS" if use_cache and cc.lookup else ("BYPASS" if use_cache else "NONE")
             flight = self._start(cache_key, stream, self.routes(alias, deps, body), request, cc, canonical, ctx)
+        flight.followers += 1  # paired with the decrement below, whatever way the reply ends
         try:
             if stream:
                 return await self._follow_stream(request, ctx, flight, mode, cc, cache_key)
@@ -375,11 +376,10 @@ class Gateway:
 
     async def _follow_json(self, ctx: Ctx, flight: Flight, mode: str, cc: CacheControl,
                            key: str) -> web.StreamResponse:
-        flight.followers += 1
         while not flight.finished:
             await flight.wait(None)
         self._take_outcome(ctx, flight)
-        if flight.result is None or (flight.error is not None and not flight.result):
+        if flight.result is None:
             stale = await self._stale(key, cc, flight.error)
             if stale is not None:
                 raise _Stale(stale)
@@ -393,7 +393,6 @@ class Gateway:
 
     async def _follow_stream(self, request: web.Request, ctx: Ctx, flight: Flight, mode: str, cc: CacheControl,
                              key: str) -> web.StreamResponse:
-        flight.followers += 1
         loop = asyncio.get_running_loop()
         early_at = loop.time() + self.config.stream.early_headers_s
         keepalive = self.config.stream.keepalive_s
