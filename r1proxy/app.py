@@ -18,7 +18,7 @@ from weakref import WeakSet
 
 from aiohttp import web
 
-from . import sdnotify
+from . import redact, sdnotify
 from .appkeys import CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY, STREAMS_KEY
 from .cache import MemoryTier, TieredCache
 from .cache.sqlite import SqliteTier
@@ -43,6 +43,7 @@ class Store:
 
 
 def create_app(config: Config) -> web.Application:
+    redact.register(config.secrets())  # before anything can relay or log one
     app = web.Application(client_max_size=config.server.max_request_bytes, middlewares=[error_middleware],
                           handler_args={"max_field_size": 65536})
     app[CONFIG_KEY] = config
@@ -125,7 +126,9 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     def reload() -> None:
         sdnotify.reloading()
         try:
-            gw.reload(load_config(config_path))
+            new = load_config(config_path)
+            redact.register(new.secrets())
+            gw.reload(new)
         except ConfigError as e:
             log.error("reload failed, keeping the running config: %s", e)
         sdnotify.ready()

@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "keys":
             return _keys(args, p)
         config = load_config(args.config)
+        from . import redact
+
+        redact.register(config.secrets())
         if args.cmd == "check-config":
             print(json.dumps(config.redacted(), indent=2, default=str))
             return 0

@@ -83,6 +83,7 @@ class KeyConfig:
     max_parallel: int = 0
     daily_tokens: int = 0
     daily_usd: float = 0.0
+    plain_key: str = field(default="", repr=False, compare=False)  # `key = "…"` given in plain text
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,11 @@ class Config:
             out.setdefault(m.name, []).append(m)
         return out
 
+    def secrets(self) -> list[str]:
+        """Every configured secret, for the redaction registry (r1proxy.redact)."""
+        out = [up.api_key for up in self.upstreams.values()] + [k.plain_key for k in self.keys]
+        return [s for s in [*out, self.server.metrics_key] if s]
+
     def redacted(self) -> dict[str, Any]:
         """The resolved config as plain data, secrets replaced, for ``check-config``."""
 
@@ -213,6 +219,7 @@ class Config:
             if isinstance(obj, KeyConfig):
                 d = {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
                 d["key_sha256"] = d["key_sha256"][:8] + "…"
+                d.pop("plain_key", None)
                 return d
             if hasattr(obj, "__dataclass_fields__"):
                 return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
@@ -358,10 +365,10 @@ def _key(p: _Parser, body: Any, i: int) -> KeyConfig:
         if "key_sha256" in d:
             p.fail(where, "give either key or key_sha256, not both")
         d["key_sha256"] = hashlib.sha256(plain.encode()).hexdigest()
-    k = p.section(KeyConfig, d, where, required={"name", "key_sha256"})
+    k = p.section(KeyConfig, d, where, required={"name", "key_sha256"}, skip={"plain_key"})
     if not re.fullmatch(r"[0-9a-f]{64}", k.key_sha256.lower()):
         p.fail(f"{where}.key_sha256", "must be 64 hex digits (see `r1proxy keys new NAME`)")
-    return replace(k, key_sha256=k.key_sha256.lower())
+    return replace(k, key_sha256=k.key_sha256.lower(), plain_key=plain or "")
 
 
 def _read_secret(up: UpstreamConfig, env: Mapping[str, str], p: _Parser) -> str:

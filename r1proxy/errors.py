@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from . import redact
+
 log = logging.getLogger("r1proxy")
 
 _TYPES = {
@@ -51,11 +53,11 @@ class ProxyError(Exception):
                                "code": self.code if self.code is not None else self.status}
         if self.metadata:
             err["metadata"] = self.metadata
-        return {"error": err}
+        return {"error": redact.data(err)}
 
     def response(self) -> web.Response:
         return web.Response(status=self.status, body=json.dumps(self.body()).encode(),
-                            content_type="application/json", headers=self.headers)
+                            content_type="application/json", headers=redact.headers(self.headers))
 
 
 def bad_request(message: str, param: str | None = None) -> ProxyError:
@@ -63,7 +65,9 @@ def bad_request(message: str, param: str | None = None) -> ProxyError:
 
 
 def from_upstream(status: int, payload: Any, upstream: str, headers: Mapping[str, str] | None = None) -> ProxyError:
-    """An upstream error reply kept as it is: same status, message and ``metadata.raw``."""
+    """An upstream error reply kept as it is (same status, message and ``metadata.raw``), secrets masked."""
+    payload = redact.data(payload)
+    headers = redact.headers(headers) if headers else headers
     err = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(err, dict):
         msg = str(err.get("message") or f"upstream {upstream} answered {status}")

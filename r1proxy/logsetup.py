@@ -17,6 +17,8 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
+from .redact import RedactingFormatter
+
 FIELDS_ATTR = "r1proxy_fields"
 REDACTED = "[redacted]"
 ACCESS_FIELDS = ("request_id", "key_name", "alias", "model", "status", "cache", "tier",
@@ -162,7 +164,8 @@ def setup_logging(fmt: str, level: int | str = logging.INFO, *,
     if fmt not in ("plain", "json"):
         raise ValueError(f'log format must be "plain" or "json", got {fmt!r}')
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
+    # every configured secret is masked in whatever the formatter produces (r1proxy.redact)
+    handler.setFormatter(RedactingFormatter(JsonFormatter() if fmt == "json" else PlainFormatter()))
     setattr(handler, _HANDLER_MARK, True)
     root = logging.getLogger("r1proxy")
     # aiohttp.access stays below WARNING and so silent: log_request() writes the access line.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import redact
+
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -26,41 +28,94 @@ class Event:
     event: str | None = None
 
 
-class SSEParser:
-    """Feed bytes, get events. Lines may be split anywhere, including inside UTF-8."""
+class EventTooLarge(ValueError):
+    """One event grew past the parser's cap (``stream.max_event_mb``)."""
 
-    def __init__(self) -> None:
-        self._buf = b""
+
+DEFAULT_MAX_EVENT = 8 * 1024 * 1024
+
+
+class SSEParser:
+    """Feed bytes, get events. Lines may be split anywhere, including inside UTF-8.
+
+    Cost is linear in the bytes fed: an unfinished line is kept as a list of pieces and joined
+    once, when its end arrives. Lines end in LF, CRLF or a bare CR (the SSE spec allows all three,
+    and a CRLF split across two reads is one line end). An event bigger than ``max_event``
+    bytes raises ``EventTooLarge``. Bytes that are not UTF-8 are replaced (U+FFFD) and noted in
+    ``invalid_utf8``: such an answer may be relayed but must not be cached. Configured secrets
+    are masked in every payload (r1proxy.redact).
+    """
+
+    def __init__(self, max_event: int = DEFAULT_MAX_EVENT) -> None:
+        self.max_event = max_event
+        self.invalid_utf8 = False
+        self._pending: list[bytes] = []
+        self._pending_len = 0
+        self._skip_lf = False
         self._data: list[str] = []
+        self._data_len = 0
         self._event: str | None = None
 
     def feed(self, chunk: bytes) -> list[Event]:
-        buf = self._buf + chunk if self._buf else chunk
-        lines = buf.split(b"\n")
-        self._buf = lines.pop()
+        if self._skip_lf and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._skip_lf = False
         out: list[Event] = []
-        for raw in lines:
-            line = raw[:-1] if raw.endswith(b"\r") else raw
-            if not line:
-                if self._data:
-                    out.append(Event(data="\n".join(self._data), event=self._event))
-                self._data = []
-                self._event = None
-                continue
-            text = line.decode("utf-8", errors="replace")
-            if text.startswith(":"):
-                out.append(Event(comment=text[1:].strip()))
-            elif text.startswith("data:"):
-                v = text[5:]
-                self._data.append(v[1:] if v.startswith(" ") else v)
-            elif text.startswith("event:"):
-                self._event = text[6:].strip()
-            # id:, retry: and unknown fields carry nothing r1proxy relays
+        if not chunk:
+            return out
+        for piece in chunk.splitlines(keepends=True):
+            last = piece[-1:]
+            if last != b"\n" and last != b"\r":  # an unfinished line: only the end of a chunk
+                self._pending.append(piece)
+                self._pending_len += len(piece)
+                self._check(0)
+                break
+            body = piece[:-2] if piece.endswith(b"\r\n") else piece[:-1]
+            if self._pending:
+                self._pending.append(body)
+                body = b"".join(self._pending)
+                self._pending.clear()
+                self._pending_len = 0
+            self._line(body, out)
+        else:
+            self._skip_lf = chunk.endswith(b"\r")
         return out
+
+    def _check(self, extra: int) -> None:
+        if self._data_len + self._pending_len + extra > self.max_event:
+            raise EventTooLarge(f"an event is larger than {self.max_event / 1048576:g} MB")
+
+    def _decode(self, line: bytes) -> str:
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError:
+            self.invalid_utf8 = True
+            return line.decode("utf-8", errors="replace")
+
+    def _line(self, line: bytes, out: list[Event]) -> None:
+        if not line:
+            if self._data:
+                data = "\n".join(self._data)
+                out.append(Event(data=redact.text(data) if redact.active() else data, event=self._event))
+            self._data = []
+            self._data_len = 0
+            self._event = None
+            return
+        self._check(len(line))
+        if line[:1] == b":":
+            out.append(Event(comment=redact.text(self._decode(line[1:]).strip())))
+        elif line[:5] == b"data:":
+            v = self._decode(line[5:])
+            self._data.append(v[1:] if v.startswith(" ") else v)
+            self._data_len += len(line)
+        elif line[:6] == b"event:":
+            self._event = self._decode(line[6:]).strip()
+        # id:, retry: and unknown fields carry nothing r1proxy relays
 
     def close(self) -> list[Event]:
         """Flush a final event that was not followed by a blank line."""
-        out = self.feed(b"\n\n") if (self._buf or self._data) else []
+        self._skip_lf = False
+        out = self.feed(b"\n\n") if (self._pending or self._data) else []
         return out
 
 

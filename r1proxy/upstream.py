@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from . import redact
 from .appkeys import CONFIG_KEY, HTTP_SESSION_KEY
 from .config import UpstreamConfig
 from .errors import ProxyError
@@ -56,7 +57,7 @@ def request_headers(client: Mapping[str, str], up: UpstreamConfig) -> dict[str, 
 
 
 def response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
-    return {k: upstream[k] for k in PASS_RESPONSE if k in upstream}
+    return {k: redact.text(upstream[k]) for k in PASS_RESPONSE if k in upstream}
 
 
 async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -115,8 +116,12 @@ async def read_json(resp: aiohttp.ClientResponse, up: UpstreamConfig) -> Any:
         raw = await resp.read()
     except (aiohttp.ClientError, OSError, TimeoutError) as e:
         raise read_error(up, e) from None
+    raw = redact.raw(raw)
     try:
         return json.loads(raw)
+    except RecursionError:
+        return {"error": {"message": f"Upstream {up.name} answered HTTP {resp.status} with JSON nested too "
+                                     "deeply to read"}}
     except ValueError:
         return {"error": {"message": f"Upstream {up.name} answered HTTP {resp.status} with a non-JSON body: "
                                      f"{raw[:200].decode('utf-8', 'replace')}"}}

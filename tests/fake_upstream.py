@@ -63,6 +63,8 @@ class Script:
     tool_call: bool | None = None        # force (True) or forbid (False) the tool-call answer
     provider: str = "FakeProvider"
     usage: dict[str, Any] | None = None  # override the usage object
+    echo_headers: bool = False           # a careless upstream: errors, comments and a response header
+                                         # quote the request headers (Authorization included)
 
     def apply(self, overrides: dict[str, str]) -> Script:
         """A copy with marker overrides (strings) converted to each field's type."""
@@ -130,6 +132,7 @@ class FakeOpenRouter:
         self.in_flight = 0
         self.max_in_flight = 0
         self._seq = 0
+        self.echo = ""
         self._app: web.Application | None = None
 
     def script(self, *scripts: Script) -> None:
@@ -201,6 +204,10 @@ class FakeOpenRouter:
         return web.json_response({"error": err}, status=status, headers=headers)
 
     async def _answer(self, request: web.Request, body: dict[str, Any], s: Script) -> web.StreamResponse:
+        if s.echo_headers:
+            echo = json.dumps(dict(request.headers))
+            s = dataclasses.replace(s, message=f"{s.message or 'Bad request'}; you sent {echo}")
+            self.echo = echo
         if s.delay_first_byte:
             await asyncio.sleep(s.delay_first_byte)
         if s.drop_after == 0:
@@ -221,6 +228,9 @@ class FakeOpenRouter:
                                     503: "No instances available"}.get(s.status, f"Fake error {s.status}")
             meta = {"raw": f"{body.get('model')} is temporarily rate-limited upstream",
                     "provider_name": s.provider} if s.status == 429 else None
+            if s.echo_headers:
+                meta = {"raw": self.echo, "headers": dict(request.headers), "provider_name": s.provider}
+                headers = {**(headers or {}), "openrouter-provider": request.headers.get("Authorization", "")}
             return self._error(s.status, message, headers=headers, metadata=meta)
         if s.json_error:
             err = {"code": 502, "message": s.message or "Provider returned error"}
@@ -235,7 +245,11 @@ class FakeOpenRouter:
                       gen_id: str) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Generation-Id": gen_id})
+        if s.echo_headers:
+            resp.headers["openrouter-provider"] = request.headers.get("Authorization", "")
         await resp.prepare(request)
+        if s.echo_headers:
+            await resp.write(f": debug {request.headers.get('Authorization')}\n\n".encode())
         for _ in range(s.processing_comments):
             await resp.write(f"{PROCESSING}\n\n".encode())
         events: list[Any] = s.chunks if s.chunks is not None else answer.chunks()
@@ -377,7 +391,8 @@ class Answer:
         return {"id": self.gen_id, "object": "chat.completion.chunk", "created": self.created + 42,
                 "model": self.model, "provider": self.s.provider,
                 "error": {"code": 502, "message": self.s.message or "Provider disconnected unexpectedly",
-                          "metadata": {"error_type": "provider_unavailable"}},
+                          "metadata": {"error_type": "provider_unavailable",
+                                       **({"raw": self.s.message} if self.s.echo_headers else {})}},
                 "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error",
                              "native_finish_reason": None}]}
 
