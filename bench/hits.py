@@ -1,0 +1,90 @@
+"""1. Hit load: interleaved wrk rounds against the ceiling and the targets, and their rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.common import Settings
+from bench.procs import Server
+from bench.report import Report, Row, med, verdict
+from bench.targets import upstream_count
+from bench.wrk import WrkResult, run_wrk
+
+# -- 1. hit load ---------------------------------------------------------------------------
+
+@dataclass
+class HitTarget:
+    key: str          # e.g. "memory"
+    label: str        # for the table
+    port: int
+    path: str
+    body_file: Path
+    ceiling_path: str
+    fake: Server | None = None
+
+
+@dataclass
+class HitSamples:
+    c1: list[WrkResult] = field(default_factory=list)
+    c32: list[WrkResult] = field(default_factory=list)
+
+
+def hit_rounds(wrk: str, s: Settings, targets: list[HitTarget], ceiling: Server, fakes: list[Server],
+               report: Report) -> dict[str, tuple[HitSamples, HitSamples]]:
+    """Per target: (its samples, the ceiling's samples), interleaved ceiling/target per round."""
+    out = {t.key: (HitSamples(), HitSamples()) for t in targets}
+    before = {f.name: upstream_count(f) for f in fakes}
+    for r in range(s.rounds):
+        print(f"  round {r + 1}/{s.rounds}", flush=True)
+        for t in targets:
+            mine, ceil = out[t.key]
+            for conns, bucket_t, bucket_c in ((1, mine.c1, ceil.c1), (32, mine.c32, ceil.c32)):
+                url_c = f"http://127.0.0.1:{ceiling.port}{t.ceiling_path}"
+                url_t = f"http://127.0.0.1:{t.port}{t.path}"
+                bucket_c.append(run_wrk(wrk, url_c, t.body_file, conns, s.duration))
+                bucket_t.append(run_wrk(wrk, url_t, t.body_file, conns, s.duration))
+    grew = {f.name: upstream_count(f) - before[f.name] for f in fakes}
+    report.notes.append("Upstream requests during the hit load (0 = every request was a hit): "
+                        + ", ".join(f"{k}: {v}" for k, v in grew.items()))
+    return out
+
+
+def hit_rows(report: Report, key: str, label: str, mine: HitSamples, ceil: HitSamples,
+             target_c1: Callable[[float, float], tuple[str, bool]] | None,
+             target_c32: tuple[str, float] | None) -> None:
+    p50 = [x.p50_ms for x in mine.c1]
+    p99 = [x.p99_ms for x in mine.c1]
+    c_p50 = [x.p50_ms for x in ceil.c1]
+    c_p99 = [x.p99_ms for x in ceil.c1]
+    r_p50 = [a / b for a, b in zip(p50, c_p50, strict=True) if b > 0]
+    r_p99 = [a / b for a, b in zip(p99, c_p99, strict=True) if b > 0]
+    rps = [x.rps for x in mine.c32]
+    c_rps = [x.rps for x in ceil.c32]
+    r_rps = [a / b for a, b in zip(rps, c_rps, strict=True) if b > 0]
+    errs = sum(x.errors + x.non2xx for x in mine.c1 + mine.c32)
+    c_errs = sum(x.errors + x.non2xx for x in ceil.c1 + ceil.c32)
+    err_note = f"{errs} errors/non-2xx" if errs else ""
+    if c_errs:
+        err_note = (err_note + "; " if err_note else "") + f"ceiling {c_errs} errors"
+    tgt, ok = ("", False)
+    if target_c1 is not None:
+        tgt, ok = target_c1(med(p50), med(r_p50))
+    report.add(Row(f"{label}, 1 conn, p50 ms", f"{med(p50):.3f}", f"{med(c_p50):.3f}", f"{med(r_p50):.2f}×",
+                   tgt, verdict(ok and not errs) if tgt else "", err_note))
+    report.add(Row(f"{label}, 1 conn, p99 ms", f"{med(p99):.3f}", f"{med(c_p99):.3f}", f"{med(r_p99):.2f}×"))
+    report.add(Row(f"{label}, 1 conn, req/s", f"{med([x.rps for x in mine.c1]):.0f}",
+                   f"{med([x.rps for x in ceil.c1]):.0f}",
+                   f"{med([a.rps / b.rps for a, b in zip(mine.c1, ceil.c1, strict=True) if b.rps]):.2f}×"))
+    row32 = Row(f"{label}, 32 conn, req/s", f"{med(rps):.0f}", f"{med(c_rps):.0f}", f"{med(r_rps):.2f}×")
+    if target_c32 is not None:
+        row32.target, row32.verdict = target_c32[0], verdict(med(r_rps) >= target_c32[1] and not errs)
+    report.add(row32)
+    report.add(Row(f"{label}, 32 conn, p50 / p99 ms", f"{med([x.p50_ms for x in mine.c32]):.2f} / "
+                   f"{med([x.p99_ms for x in mine.c32]):.2f}",
+                   f"{med([x.p50_ms for x in ceil.c32]):.2f} / {med([x.p99_ms for x in ceil.c32]):.2f}"))
+    report.rounds_detail.append(
+        f"- {label}: c1 p50 ms per round {', '.join(f'{x:.3f}' for x in p50)} (ceiling "
+        f"{', '.join(f'{x:.3f}' for x in c_p50)}); c32 req/s {', '.join(f'{x:.0f}' for x in rps)} "
+        f"(ceiling {', '.join(f'{x:.0f}' for x in c_rps)})")
