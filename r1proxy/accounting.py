@@ -1,5 +1,7 @@
 """Accounting: what each finished request leaves behind, done in batches after the reply.
 
+``RequestRecord`` collects one request's facts as it goes (the gateway and the reply fill it in).
+
 Metrics, per-key usage (limits and daily budgets, persisted so budgets survive a restart), the
 request-log row, the one access line on stderr and the hit counts in slower cache tiers. Batches
 run ``DELAY_S`` after the first request or at ``BATCH`` requests: off the hot path, one write for
@@ -10,16 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import TieredCache
+from .clock import Clock
 from .config import Config
+from .flight import FailedAttempt
 from .logsetup import log_requests
 from .metrics import Metrics
 from .ratelimit import KeyLimiter
-from .reqlog import RequestLog, utc_day
-from .request import Ctx
+from .reqlog import RequestLog
+from .rules import NONE, served_from_cache, utc_day
+from .usage import NO_USAGE, Usage
 
 log = logging.getLogger("r1proxy")
 
@@ -27,34 +33,64 @@ DELAY_S = 0.05
 BATCH = 32
 
 
+@dataclass(slots=True)
+class RequestRecord:
+    """One request's facts, filled in as it goes: the request log row and metrics come from it."""
+
+    request_id: str
+    t0: float
+    key_name: str = ""
+    alias: str = ""
+    upstream_model: str = ""
+    stream: bool = False
+    cache: str = NONE
+    tier: str = ""
+    status: int = 200
+    error_type: str = ""
+    ttfb: float | None = None
+    route: str = ""
+    cache_key: str = ""
+    request_bytes: int = 0
+    response_bytes: int = 0
+    usage: Usage = NO_USAGE
+    generation_id: str = ""
+    cost_saved: float = 0.0
+    admitted: bool = False
+    latency: float = 0.0
+    touched: str = ""  # the cache entry this request hit, for the batched hit count
+    ts: float = 0.0  # wall-clock start, for the request log
+    prompt: str | None = None  # the last user message, only with server.log_prompts
+    failed_attempts: list[FailedAttempt] = field(default_factory=list)  # upstream calls this request made
+
+
 class Accounting:
     def __init__(self, config: Config, metrics: Metrics, limiter: KeyLimiter, reqlog: RequestLog | None,
-                 cache: TieredCache | None, tasks: set[asyncio.Task[Any]]) -> None:
+                 cache: TieredCache, keep: Callable[[asyncio.Task[Any]], None], clock: Clock) -> None:
         self.config = config
         self.metrics = metrics
         self.limiter = limiter
         self.reqlog = reqlog
         self.cache = cache
-        self.tasks = tasks  # the gateway's: background work it waits for at shutdown
+        self.keep = keep  # holds background work until it ends (waited for at shutdown)
         self.usage: dict[tuple[str, str], list[float]] = {}  # (key name, UTC day) -> [requests, tokens, usd]
-        self.clock = time.time
-        self._pending: list[Ctx] = []
+        self.clock = clock
+        self._pending: list[RequestRecord] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._pruned_at = 0.0
 
     async def start(self) -> None:
         """Load today's per-key usage (daily budgets survive a restart); prune old request rows."""
         if self.reqlog is not None:
-            day = utc_day(self.clock())
+            day = utc_day(self.clock.now())
             for name, (reqs, tokens, usd) in (await self.reqlog.load_usage(day)).items():
                 self.usage[(name, day)] = [reqs, tokens, usd]
             if self.config.server.log_retention:
-                self._pruned_at = self.clock()
+                self._pruned_at = self.clock.now()
                 self.reqlog.prune(self._pruned_at - self.config.server.log_retention)
 
-    def finished(self, ctx: Ctx) -> None:
+    def finished(self, ctx: RequestRecord) -> None:
         """Queue a request's accounting; it runs right after the reply is on its way (off the hot path)."""
-        ctx.latency = time.monotonic() - ctx.t0
+        ctx.latency = self.clock.monotonic() - ctx.t0
         if not self._pending:
             self._flush_handle = asyncio.get_running_loop().call_later(DELAY_S, self.flush)
         self._pending.append(ctx)
@@ -69,12 +105,10 @@ class Accounting:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        hits = [(ctx.touched, self.clock()) for ctx in pending if ctx.touched]
-        if hits and self.cache is not None:
-            task = asyncio.get_running_loop().create_task(self.cache.touch_slow(hits))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        now = self.clock()
+        hits = [(ctx.touched, self.clock.now()) for ctx in pending if ctx.touched]
+        if hits:
+            self.keep(asyncio.get_running_loop().create_task(self.cache.touch_slow(hits)))
+        now = self.clock.now()
         day = utc_day(now)
         if self.reqlog is not None and self.config.server.log_retention and now - self._pruned_at > 3600:
             self._pruned_at = now  # hourly: the request log keeps log_retention worth of rows
@@ -89,25 +123,24 @@ class Accounting:
         if rows:
             log_requests(log, [_access(row) for row in rows])
 
-    def _account(self, ctx: Ctx, day: str, usage_delta: dict[str, list[float]]) -> dict[str, Any] | None:
+    def _account(self, ctx: RequestRecord, day: str,
+                 usage_delta: dict[str, list[float]]) -> dict[str, Any] | None:
         latency = ctx.latency
-        usage = ctx.usage or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-        reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
-        served_from_cache = ctx.cache in ("HIT", "STALE")
-        cost = 0.0 if served_from_cache else float(usage.get("cost") or 0.0)
+        usage = ctx.usage
+        prompt, completion, reasoning = usage.prompt, usage.completion, usage.reasoning
+        from_cache = served_from_cache(ctx.cache)
+        cost = 0.0 if from_cache else usage.cost  # a coalesced follower's answer was paid by its leader
         m = self.metrics
         m.request_done(ctx.alias or "-", ctx.status, ctx.cache, latency, ctx.ttfb, ctx.stream)
         if prompt or completion:
-            m.tokens(ctx.alias or "-", prompt, completion, reasoning, cached=served_from_cache)
-        if served_from_cache and ctx.cost_saved:
+            m.tokens(ctx.alias or "-", prompt, completion, reasoning, cached=from_cache)
+        if from_cache and ctx.cost_saved:
             m.cost_saved(ctx.cost_saved)
         if cost:
             m.cost_spent(cost)
-        if ctx.status >= 500 and ctx.error_type not in ("cancelled",):
-            m.upstream_error(ctx.route or ctx.alias or "-", ctx.error_type or str(ctx.status))
-        tokens = 0 if served_from_cache else prompt + completion
+        for attempt in ctx.failed_attempts:  # the flight's own record: one per failed upstream call
+            m.upstream_error(attempt.route, attempt.kind)
+        tokens = 0 if from_cache else prompt + completion
         if ctx.key_name:
             for totals in (self.usage.setdefault((ctx.key_name, day), [0, 0, 0.0]),
                            usage_delta.setdefault(ctx.key_name, [0, 0, 0.0])):
@@ -124,7 +157,7 @@ class Accounting:
                "latency_ms": round(latency * 1000, 3),
                "ttfb_ms": None if ctx.ttfb is None else round(ctx.ttfb * 1000, 3),
                "prompt_tokens": prompt, "completion_tokens": completion, "reasoning_tokens": reasoning,
-               "cost": cost, "cost_saved": ctx.cost_saved if served_from_cache else 0.0,
+               "cost": cost, "cost_saved": ctx.cost_saved if from_cache else 0.0,
                "request_bytes": ctx.request_bytes, "response_bytes": ctx.response_bytes,
                "generation_id": ctx.generation_id, "cache_key": ctx.cache_key, "prompt": ctx.prompt}
         return row

@@ -13,46 +13,53 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from weakref import WeakSet
 
+import aiohttp
 from aiohttp import web
 
 from . import redact, sdnotify
-from .appkeys import CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY, STREAMS_KEY
-from .cache import MemoryTier, TieredCache
+from .appkeys import CLOCK_KEY, CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY
+from .cache import MemoryTier, NullCache, TieredCache
 from .cache.sqlite import SqliteTier
+from .clock import Clock
 from .config import Config, ConfigError, load_config
 from .db import Database, DatabaseUnavailable
 from .errors import error_middleware
 from .gateway import Gateway
 from .handlers import setup_routes
 from .reqlog import RequestLog
-from .upstream import http_session_ctx
+from .store import Store
 
 log = logging.getLogger("r1proxy")
 
 
-@dataclass(slots=True)
-class Store:
-    """The one SQLite database and what lives in it."""
-
-    db: Database
-    cache: TieredCache | None
-    reqlog: RequestLog
-
-
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, clock: Clock | None = None) -> web.Application:
     redact.register(config.secrets())  # before anything can relay or log one
     app = web.Application(client_max_size=config.server.max_request_bytes, middlewares=[error_middleware],
                           handler_args={"max_field_size": 65536})
     app[CONFIG_KEY] = config
-    app[STREAMS_KEY] = WeakSet()
+    app[CLOCK_KEY] = clock or Clock()
     setup_routes(app)
     app.cleanup_ctx.append(http_session_ctx)
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(gateway_ctx)
     return app
+
+
+async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One ClientSession for the app's lifetime (aiohttp's advice), closed on cleanup.
+
+    ``trust_env`` only when a proxy variable is set: it makes aiohttp read ~/.netrc in a thread
+    on every request, which costs a miss about a millisecond for nothing."""
+    connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300,
+                                     enable_cleanup_closed=True)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                    trust_env=app[CONFIG_KEY].use_env_proxy,
+                                    timeout=aiohttp.ClientTimeout(total=None),
+                                    headers={"User-Agent": "r1proxy"}, raise_for_status=False)
+    app[HTTP_SESSION_KEY] = session
+    yield
+    await session.close()
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -61,7 +68,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     if db.recovered_from is not None:
         log.warning("the database was unreadable and was moved aside to %s; starting with an empty cache",
                     db.recovered_from)
-    cache = None
+    cache: TieredCache = NullCache()
     if config.cache.enabled:
         memory = MemoryTier(int(config.cache.memory_mb * 1024 * 1024)) if config.cache.memory_mb else None
         disk = SqliteTier(db, max_bytes=int(config.cache.max_disk_mb * 1024 * 1024),
@@ -71,15 +78,14 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        if cache is not None:
-            await cache.close()
+        await cache.close()
         await db.close()
 
 
 async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     store = app[STORE_KEY]
-    gw = Gateway(config, app[HTTP_SESSION_KEY], cache=store.cache, reqlog=store.reqlog)
+    gw = Gateway(config, app[HTTP_SESSION_KEY], cache=store.cache, reqlog=store.reqlog, clock=app[CLOCK_KEY])
     await gw.start()
     app[GATEWAY_KEY] = gw
     yield

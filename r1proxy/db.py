@@ -296,7 +296,7 @@ class Database:
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         """All rows of a query, fetched in one trip to the database thread."""
-        return list(await self._reader.execute_fetchall(sql, params))
+        return [tuple(row) for row in await self._reader.execute_fetchall(sql, params)]
 
     async def close(self) -> None:
         """Drain the queue, checkpoint the WAL into the main file, close both connections."""

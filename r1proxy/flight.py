@@ -5,6 +5,10 @@ bounded retries before the first byte, then reads the reply, normalising and ass
 Followers (the client handlers) read ``items`` as they grow: a late joiner first gets all
 that was emitted so far, then follows live. The task does not depend on any one client,
 so an answer can still be finished and cached after its client left.
+
+``Flights`` is the registry of flights in progress: it starts, joins, counts followers,
+cancels an abandoned flight and runs the completion callback; nothing else touches a
+flight's lifecycle.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +28,11 @@ from .balance import backoff_delay, retry_after_seconds
 from .completion import Assembler, Normalizer, dumps, not_cacheable
 from .config import ModelConfig, RetryConfig, UpstreamConfig
 from .errors import ProxyError, from_upstream
-from .sse import SSEParser, comment_frame
+from .rules import NO_FALLBACK, RETRYABLE, is_daily_quota
+from .sse import SSEParser, comment_frame, data_frame
 from .upstream import UpstreamError, open_response, read_error, read_json, request_headers, response_headers
 
 log = logging.getLogger("r1proxy")
-
-RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
-NO_FALLBACK = frozenset({400, 413, 422})  # the client's own mistake: another route answers the same
-
 
 @dataclass(slots=True)
 class Route:
@@ -55,15 +57,23 @@ class Route:
         return f"{self.upstream.name}/{model}"
 
 
+@dataclass(frozen=True, slots=True)
+class FailedAttempt:
+    """One upstream attempt that did not answer: the route, its status (0: no connection), a kind."""
+
+    route: str
+    status: int
+    kind: str
+
+
 @dataclass(slots=True)
 class Outcome:
     """What the flight learned, for the request log and metrics."""
 
     route: str = ""
-    attempts: int = 0
     ttfb: float | None = None
     generation_id: str = ""
-    upstream_errors: list[str] = field(default_factory=list)
+    failed: list[FailedAttempt] = field(default_factory=list)  # every failed attempt, in order
 
 
 class Hooks:
@@ -85,13 +95,9 @@ class Hooks:
         return ProxyError(503, f"{route.label} is unavailable: {why}")
 
 
-def is_daily_quota(err: ProxyError) -> bool:
-    return err.status == 429 and "per-day" in err.message
-
-
 def explain(err: ProxyError, route: Route) -> ProxyError:
     """Add what the user can do about well-known upstream errors."""
-    if is_daily_quota(err):
+    if is_daily_quota(err.status, err.message):
         err.headers["x-should-retry"] = "false"  # the SDK would retry twice for nothing
     elif err.status == 404 and "tool use" in err.message:
         err.message += (f" (r1proxy: this model has no endpoint with tool support; set tools = \"strip\" "
@@ -160,20 +166,17 @@ class Flight:
         for route in routes:
             why = hooks.skip(route)
             if why:
-                self.outcome.upstream_errors.append(f"{route.label}: {why}")
                 last = last or hooks.skip_error(route, why)
                 continue
             for attempt in range(retry.max_attempts):
-                self.outcome.attempts += 1
                 err, retry_after = await self._attempt(session, route, client_headers, hooks)
                 if err is None:
                     return
                 last = err
-                self.outcome.upstream_errors.append(f"{route.label}: {err.status} {err.message[:120]}")
                 if self.data_count:  # bytes reached followers: never retry, never fall back
                     return self._fail(err)
-                if (err.status not in RETRYABLE or attempt + 1 >= retry.max_attempts or is_daily_quota(err)
-                        or err.code == "upstream_key_missing"):
+                if (err.status not in RETRYABLE or attempt + 1 >= retry.max_attempts
+                        or is_daily_quota(err.status, err.message) or err.code == "upstream_key_missing"):
                     break
                 if retry_after is not None and retry_after > retry.max_retry_after_s:
                     break  # a long wait: better served by a fallback, or by the client itself
@@ -213,6 +216,7 @@ class Flight:
             resp = await open_response(session, up, route.body, request_headers(client_headers, up))
         except UpstreamError as e:
             hooks.after_attempt(route, token, e.status, None, None, None)
+            self.outcome.failed.append(FailedAttempt(route.label, 0, e.kind))
             return e, None
         try:
             ttfb = time.monotonic() - t0
@@ -223,17 +227,25 @@ class Flight:
                 payload = await read_json(resp, up)
                 err = explain(from_upstream(status, payload, up.name, headers=response_headers(resp.headers)),
                               route)
+                self.outcome.failed.append(FailedAttempt(route.label, status, f"http_{status}"))
                 return err, retry_after
             self.outcome.route = route.label
             self.outcome.ttfb = ttfb
             self.outcome.generation_id = resp.headers.get("X-Generation-Id", "")
             self.headers = response_headers(resp.headers)
             if "text/event-stream" in ctype:
-                return await self._read_stream(resp, up), None
-            payload = await read_json(resp, up)
-            return self._take_json(payload, up), None
+                problem = await self._read_stream(resp, up)
+            else:
+                payload = await read_json(resp, up)
+                problem = self._take_json(payload, up)
+            failed = problem or self.error
+            if failed is not None:  # a 200 that carried an error, or a stream that broke off
+                kind = failed.code if isinstance(failed.code, str) else "error_in_reply"
+                self.outcome.failed.append(FailedAttempt(route.label, 200, kind))
+            return problem, None
         except UpstreamError as e:
             status = e.status
+            self.outcome.failed.append(FailedAttempt(route.label, status, e.kind))
             return e, None
         finally:
             resp.release()
@@ -269,19 +281,22 @@ class Flight:
                     if ev.comment is not None:
                         self.items.append(comment_frame(ev.comment))
                         continue
-                    if ev.data == "[DONE]":
+                    text = ev.data
+                    if text is None:
+                        continue
+                    if text == "[DONE]":
                         asm.done = True
                         continue
                     try:
-                        chunk = json.loads(ev.data)
+                        chunk = json.loads(text)
                     except ValueError:
                         continue  # never relay a non-JSON data line (openai-node would throw)
                     if not isinstance(chunk, dict):
                         continue
                     norm.chunk(chunk)
                     asm.feed(chunk)
-                    if not norm.changed and "\n" not in ev.data:  # a multi-line data field needs re-framing
-                        self.raw[len(self.items)] = b"data: " + ev.data.encode() + b"\n\n"
+                    if not norm.changed and "\n" not in text:  # a multi-line data field needs re-framing
+                        self.raw[len(self.items)] = data_frame(text.encode())
                     self.items.append(chunk)
                     self.data_count += 1
                     if self.data_count == 1:
@@ -290,8 +305,9 @@ class Flight:
                         await asyncio.sleep(0)
                     if "error" in chunk:
                         err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
+                        meta = err.get("metadata")
                         self.error = ProxyError(502, str(err.get("message", "upstream error")), type="upstream_error",
-                                                code=err.get("code"), metadata=err.get("metadata"))
+                                                code=err.get("code"), metadata=meta if isinstance(meta, dict) else None)
                         self.error_in_stream = True
                 self._notify()
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
@@ -310,3 +326,77 @@ class Flight:
         self.result = asm.completion()
         self.cacheable = not_cacheable(self.result) is None
         return None
+
+
+OnDone = Callable[[Flight], Awaitable[None]]
+
+
+class Flights(Mapping[str, Flight]):
+    """The flights in progress, by cache key (a read-only mapping); owns their lifecycle.
+
+    ``start`` runs a new flight as a task; ``join`` finds a live one to follow; ``following``
+    counts a follower for as long as it reads, and cancels a flight nobody listens to any
+    more when the answer need not be finished for the cache.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, retry: RetryConfig, hooks: Hooks) -> None:
+        self.session = session
+        self.retry = retry
+        self.hooks = hooks
+        self._live: dict[str, Flight] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()  # flights and the work they leave behind
+
+    def __getitem__(self, key: str) -> Flight:
+        return self._live[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._live)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def join(self, key: str) -> Flight | None:
+        """A flight for ``key`` that is still running, to follow instead of calling upstream."""
+        flight = self._live.get(key) if key else None
+        return flight if flight is not None and not flight.finished else None
+
+    def start(self, key: str, stream: bool, routes: list[Route], client_headers: dict[str, str], *,
+              store: bool, on_done: OnDone) -> Flight:
+        """Start one upstream call; ``on_done`` runs when it ends (registered under ``key`` when set)."""
+        flight = Flight(key, stream)
+        flight.store = store
+
+        async def done(f: Flight) -> None:
+            if key and self._live.get(key) is f:
+                del self._live[key]
+            await asyncio.sleep(0)  # followers send [DONE] first; compressing for the store can wait
+            await on_done(f)
+
+        if key:
+            self._live[key] = flight
+        flight.task = asyncio.get_running_loop().create_task(
+            flight.run(self.session, routes, client_headers, self.retry, self.hooks, done))
+        self.keep(flight.task)
+        return flight
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold background work until it ends (``drain`` waits for it at shutdown)."""
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    @contextmanager
+    def following(self, flight: Flight, *, finish_alone: bool) -> Iterator[Flight]:
+        """Count one follower while the body runs; the last one to leave cancels the flight unless
+        ``finish_alone`` (finish for the cache even with nobody listening)."""
+        flight.followers += 1
+        try:
+            yield flight
+        finally:
+            flight.followers -= 1
+            if flight.followers <= 0 and not flight.finished and flight.task is not None and not finish_alone:
+                flight.task.cancel()
+
+    async def drain(self, timeout: float) -> None:
+        """Let flights (and the storing they leave behind) finish, within ``timeout``."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=timeout)

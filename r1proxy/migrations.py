@@ -32,13 +32,16 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+from . import rules
+from .rules import sql_in
+
 Migration = Callable[[sqlite3.Connection], None]
 
 MIGRATIONS: list[Migration] = []
 migration = MIGRATIONS.append
 
-# Served without a new upstream call; shared by v_daily (and so by `r1proxy stats`).
-SERVED_FROM_CACHE = "('HIT', 'STALE', 'COALESCED')"
+# Served without a new upstream call: the views use the one Python definition.
+SERVED_FROM_CACHE = sql_in(rules.SERVED_FROM_CACHE)
 
 
 @migration

@@ -8,23 +8,22 @@ daily quota exhausted so later requests fail fast or fall back at once.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from .balance import Balancer, retry_after_seconds
+from .clock import Clock
 from .config import Config, ModelConfig
 from .errors import ProxyError
 from .flight import Hooks, Route
 from .pacing import PacerExhausted, PacerTimeout, UpstreamPacer
-
-
-def _seconds_to_utc_midnight(now: float) -> float:
-    return 86400.0 - (now % 86400.0)
+from .rules import is_daily_quota, seconds_to_utc_midnight, upstream_failed
 
 
 class UpstreamPolicy(Hooks):
-    def __init__(self, config: Config, *, now: Any = time.monotonic) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock = clock or Clock()
+        now = self.clock.monotonic
         self._now = now
         self.pacers: dict[int, UpstreamPacer] = {}
         self.balancers: dict[str, Balancer[ModelConfig]] = {}
@@ -100,17 +99,17 @@ class UpstreamPolicy(Hooks):
             bal.finish(dep)
             if status == 200:
                 bal.report_success(dep, ttfb)
-            elif status == 0 or status >= 500 or status in (408, 429):
+            elif upstream_failed(status):
                 bal.report_failure(dep, retry_after if status == 429 else None)
         pacer = self.pacers.get(id(dep))
         if pacer is None or status != 429:
             return
         err = payload.get("error") if isinstance(payload, dict) else None
         message = str(err.get("message", "")) if isinstance(err, dict) else ""
-        if "per-day" in message:
+        if is_daily_quota(status, message):
             meta = err.get("metadata") if isinstance(err, dict) else None
             hdrs = meta.get("headers") if isinstance(meta, dict) else None
             reset = retry_after_seconds(hdrs) if isinstance(hdrs, dict) else None
-            pacer.mark_daily_exhausted(reset or _seconds_to_utc_midnight(time.time()))
+            pacer.mark_daily_exhausted(reset or seconds_to_utc_midnight(self.clock.now()))
         elif retry_after:
             pacer.cool_down(retry_after)  # queued requests wait it out instead of failing

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from r1proxy.db import Database
+from r1proxy.rules import utc_day
 
 REQUEST_COLUMNS = (
     "ts", "request_id", "key_name", "alias", "upstream_model", "route", "stream", "cache", "tier",
@@ -41,11 +42,6 @@ SELECT COALESCE(alias, upstream_model, '?') AS model, COUNT(*) AS requests
 FROM requests WHERE ts >= ? GROUP BY model ORDER BY requests DESC, model LIMIT ?
 """
 TOP_MODELS = 5
-
-
-def utc_day(ts: float) -> str:
-    """The UTC date of a timestamp, as used for ``key_usage.day`` and ``v_daily.day``."""
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
 
 
 def _summary_queries(now: float) -> list[tuple[str, Sequence[Any]]]:

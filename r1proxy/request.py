@@ -1,22 +1,23 @@
 """What a request asks for and what is learned about it on the way.
 
 ``validate`` turns a body into a dict or a 400 that says what is wrong; ``parse_cache_control``
-reads Cache-Control and LiteLLM's body ``cache`` object; ``Ident`` is what a raw body means
-(memoised by the gateway); ``Ctx`` collects one request's facts for the log and metrics.
+reads Cache-Control and LiteLLM's body ``cache`` object into a frozen ``CacheControl``;
+``RequestIdentity`` is what a raw body means (memoised by the gateway).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from .cache.keys import last_user_text
 from .config import ModelConfig
 from .errors import bad_request
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class CacheControl:
     lookup: bool = True
     store: bool = True
@@ -27,40 +28,13 @@ class CacheControl:
     stale_ok: bool = True
 
 
-@dataclass(slots=True)
-class Ctx:
-    """One request's facts, filled in as it goes: the request log row and metrics come from it."""
-
-    request_id: str
-    t0: float
-    key_name: str = ""
-    alias: str = ""
-    upstream_model: str = ""
-    stream: bool = False
-    cache: str = "NONE"
-    tier: str = ""
-    status: int = 200
-    error_type: str = ""
-    ttfb: float | None = None
-    route: str = ""
-    cache_key: str = ""
-    request_bytes: int = 0
-    response_bytes: int = 0
-    usage: dict[str, Any] = field(default_factory=dict)
-    generation_id: str = ""
-    cost_saved: float = 0.0
-    admitted: bool = False
-    latency: float = 0.0
-    touched: str = ""  # the cache entry this request hit, for the batched hit count
-    ts: float = 0.0  # wall-clock start, for the request log
-    prompt: str | None = None  # the last user message, only with server.log_prompts
-
-
 DEFAULT_CC = CacheControl()  # read-only: requests with no cache controls share it
 
 
 def parse_cache_control(header: str | None, body_cache: Any) -> CacheControl:
-    cc = CacheControl()
+    if header is None and body_cache is None:
+        return DEFAULT_CC
+    cc = _MutableCC()
     for part in (header or "").split(","):
         name, _, value = part.strip().partition("=")
         name = name.strip().lower()
@@ -95,7 +69,18 @@ def parse_cache_control(header: str | None, body_cache: Any) -> CacheControl:
             if not isinstance(ns, str):
                 raise bad_request("cache.namespace must be a string", "cache.namespace")
             cc.namespace = ns
-    return cc
+    return CacheControl(cc.lookup, cc.store, cc.max_age, cc.only_if_cached, cc.ttl, cc.namespace, cc.stale_ok)
+
+
+@dataclass(slots=True)
+class _MutableCC:
+    lookup: bool = True
+    store: bool = True
+    max_age: float | None = None
+    only_if_cached: bool = False
+    ttl: float | None = None
+    namespace: str = ""
+    stale_ok: bool = True
 
 
 def validate(raw: bytes) -> dict[str, Any]:
@@ -123,20 +108,26 @@ def validate(raw: bytes) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
-class Ident:
+class RequestIdentity:
     """What a raw request body means (pure function of the bytes and the config): memoised so a
     repeated body skips JSON parsing and canonicalisation on the hit path."""
 
     model: str
-    deps: list[ModelConfig | None]  # the alias's deployments ([None]: a pass-through model id)
+    deployments: list[ModelConfig]  # the alias's deployments, or one pass-through deployment
     stream: bool
     body_cache: Any
     cache_key: str
     canonical: bytes = b""
     body: dict[str, Any] | None = None
 
-    def memo(self) -> Ident:
-        return Ident(self.model, self.deps, self.stream, self.body_cache, self.cache_key)
+    @property
+    def first(self) -> ModelConfig:
+        """The deployment that names the cache key and the reasoning mode (not the balancer's pick:
+        the key must not move)."""
+        return self.deployments[0]
+
+    def memo(self) -> RequestIdentity:
+        return RequestIdentity(self.model, self.deployments, self.stream, self.body_cache, self.cache_key)
 
 
 PROMPT_LOG_CHARS = 4000
@@ -146,21 +137,3 @@ def prompt_of(raw: bytes) -> str | None:
     """The last user message of a request body, for the opt-in prompt log (None if there is none)."""
     text = last_user_text(raw)
     return text[:PROMPT_LOG_CHARS] if text else None
-
-
-def last_user_text(canonical: bytes) -> str:
-    try:
-        doc = json.loads(canonical)
-        if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list):
-            return ""
-        for m in reversed(doc["messages"]):
-            if isinstance(m, dict) and m.get("role") == "user":
-                c = m.get("content")
-                if isinstance(c, dict):
-                    c = " ".join(c.get("$texts", []))
-                if isinstance(c, list):
-                    c = " ".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
-                return str(c or "")
-    except (ValueError, TypeError):
-        pass
-    return ""

@@ -1,4 +1,4 @@
-"""The upstream side: the one ClientSession, header filtering, and transport errors.
+"""The upstream side of one HTTP call: header filtering, the POST, and transport errors.
 
 Only end-to-end client headers go upstream (no Host, Authorization, x-api-key, hop-by-hop,
 ``X-Stainless-*``, Content-Length/Encoding); the upstream key is added here and nowhere
@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from . import redact
-from .appkeys import CONFIG_KEY, HTTP_SESSION_KEY
 from .config import UpstreamConfig
 from .errors import ProxyError
 
@@ -58,22 +56,6 @@ def request_headers(client: Mapping[str, str], up: UpstreamConfig) -> dict[str, 
 
 def response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
     return {k: redact.text(upstream[k]) for k in PASS_RESPONSE if k in upstream}
-
-
-async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One ClientSession for the app's lifetime (aiohttp's advice), closed on cleanup.
-
-    ``trust_env`` only when a proxy variable is set: it makes aiohttp read ~/.netrc in a thread
-    on every request, which costs a miss about a millisecond for nothing."""
-    connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300,
-                                     enable_cleanup_closed=True)
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                    trust_env=app[CONFIG_KEY].use_env_proxy,
-                                    timeout=aiohttp.ClientTimeout(total=None),
-                                    headers={"User-Agent": "r1proxy"}, raise_for_status=False)
-    app[HTTP_SESSION_KEY] = session
-    yield
-    await session.close()
 
 
 async def open_response(session: aiohttp.ClientSession, up: UpstreamConfig, body: bytes,

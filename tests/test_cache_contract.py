@@ -176,7 +176,8 @@ async def test_tiered_cache_promotes_slow_hits(tmp_path: Path) -> None:
         assert await cache.get("v1:none") == (None, None)
 
         await cache.put(make_entry("v1:both"))
-        await cache.touch("v1:both", 1234.0)
+        cache.touch_nowait("v1:both", 1234.0)  # memory now; the slower tiers in a batch later
+        await cache.touch_slow([("v1:both", 1234.0)])
         await db.flush()
         assert [s.entries for s in await cache.stats()] == [2, 2]
         row = await db.fetchone("SELECT hits, last_hit_at FROM cache_entries WHERE key = 'v1:both'")

@@ -101,7 +101,7 @@ def gateway(client: Any) -> Any:
 def frozen_clock(client: Any, t: float = T0) -> Callable[[float], None]:
     """Freeze the gateway clock at t; returns set(t) to move it."""
     now = [t]
-    gateway(client).clock = lambda: now[0]
+    gateway(client).clock.wall = lambda: now[0]
 
     def set_to(v: float) -> None:
         now[0] = v

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from r1proxy.db import Database
-from r1proxy.reqlog import RequestLog, load_usage_sync, summary_sync, utc_day
+from r1proxy.reqlog import RequestLog, load_usage_sync, summary_sync
+from r1proxy.rules import utc_day
 
 DAY1 = 86_400.0 * 19_000  # 2022-01-08 00:00 UTC
 DAY2 = DAY1 + 86_400.0

@@ -1,4 +1,5 @@
-"""The cache as the proxy sees it: ``TieredCache`` over a memory tier and slower tiers.
+"""The cache as the proxy sees it: ``TieredCache`` over a memory tier and slower tiers, or
+``NullCache`` when caching is off (an object, so callers never test for ``None``).
 
 Lookups try memory first, then each slower tier in order (SQLite today, Redis later); a hit
 in a slower tier is promoted into memory. Writes, touches and deletes go to every tier.
@@ -12,11 +13,13 @@ from collections.abc import Sequence
 from r1proxy.cache.entry import CacheEntry, CacheTier, TierStats
 from r1proxy.cache.memory import MemoryTier
 
-__all__ = ["CacheEntry", "CacheTier", "MemoryTier", "TierStats", "TieredCache"]
+__all__ = ["CacheEntry", "CacheTier", "MemoryTier", "NullCache", "TierStats", "TieredCache"]
 
 
 class TieredCache:
     """Memory (optional) in front of ``tiers``, fastest first."""
+
+    enabled = True
 
     def __init__(self, memory: MemoryTier | None, tiers: list[CacheTier]) -> None:
         self.memory = memory
@@ -48,14 +51,17 @@ class TieredCache:
         for tier in self._all():
             await tier.put(entry)
 
-    async def touch(self, key: str, now: float) -> None:
-        for tier in self._all():
-            await tier.touch(key, now)
-
     def touch_nowait(self, key: str, now: float) -> None:
         """Record a hit in memory now (LRU order); the slower tiers get it later via ``touch_slow``."""
         if self.memory is not None:
             self.memory.touch_nowait(key, now)
+
+    def note_rendered(self, entry: CacheEntry, variant: object, body: bytes) -> None:
+        """Keep a ready-to-send body on the entry (counted against the memory budget)."""
+        if self.memory is not None:
+            self.memory.note_rendered(entry, variant, body)
+        else:
+            entry.rendered[variant] = body
 
     async def touch_slow(self, hits: Sequence[tuple[str, float]]) -> None:
         for tier in self.tiers:
@@ -77,3 +83,15 @@ class TieredCache:
 
     def _all(self) -> list[CacheTier]:
         return ([self.memory] if self.memory is not None else []) + self.tiers
+
+
+class NullCache(TieredCache):
+    """Caching is off (``cache.enabled = false``): nothing is found, nothing is kept."""
+
+    enabled = False
+
+    def __init__(self) -> None:
+        super().__init__(None, [])
+
+    def note_rendered(self, entry: CacheEntry, variant: object, body: bytes) -> None:
+        return None

@@ -11,6 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..completion import dumps
+from ..usage import Usage
+from .keys import last_user_text
+
 
 @dataclass(slots=True)
 class CacheEntry:
@@ -32,6 +36,19 @@ class CacheEntry:
     raw_bytes: int = 0
     # memory tier only: ready-to-send bodies keyed by render variant, filled lazily
     rendered: dict[Any, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def from_completion(cls, key: str, doc: dict[str, Any], *, now: float, ttl: float, model: str,
+                        namespace: str, request: bytes) -> CacheEntry:
+        """The entry for a complete answer to ``request`` (its canonical form)."""
+        usage = Usage.of_completion(doc)
+        msg = (doc.get("choices") or [{}])[0].get("message") or {}
+        return cls(key=key, completion=doc, created_at=now, expires_at=now + ttl, model=model,
+                   namespace=namespace, request=request, prompt_tokens=usage.prompt,
+                   completion_tokens=usage.completion, reasoning_tokens=usage.reasoning, cost=usage.cost,
+                   last_hit_at=now, preview_user=last_user_text(request)[:160],
+                   preview_answer=str(msg.get("content") or "")[:160],
+                   raw_bytes=len(dumps(doc)) + len(request))
 
     def fresh(self, now: float) -> bool:
         return now < self.expires_at

@@ -87,3 +87,22 @@ class KeyMaker:
                 p.pop("cache_control", None)
             norm.append(p)
         return norm
+
+
+def last_user_text(canonical: bytes) -> str:
+    """The last user message of a (canonical or client) request body, as plain text."""
+    try:
+        doc = json.loads(canonical)
+        if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list):
+            return ""
+        for m in reversed(doc["messages"]):
+            if isinstance(m, dict) and m.get("role") == "user":
+                c = m.get("content")
+                if isinstance(c, dict):
+                    c = " ".join(c.get("$texts", []))
+                if isinstance(c, list):
+                    c = " ".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
+                return str(c or "")
+    except (ValueError, TypeError):
+        pass
+    return ""
