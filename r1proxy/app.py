@@ -19,7 +19,7 @@ from aiohttp import web
 
 from . import redact, sdnotify
 from .appkeys import CLOCK_KEY, CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY
-from .cache import MemoryTier, NullCache, TieredCache
+from .cache import CacheTier, MemoryTier, NullCache, TieredCache
 from .cache.sqlite import SqliteTier
 from .clock import Clock
 from .config import Config, ConfigError, load_config
@@ -73,7 +73,13 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         memory = MemoryTier(int(config.cache.memory_mb * 1024 * 1024)) if config.cache.memory_mb else None
         disk = SqliteTier(db, max_bytes=int(config.cache.max_disk_mb * 1024 * 1024),
                           stale_if_error=config.cache.stale_if_error)
-        cache = TieredCache(memory, [disk])
+        tiers: list[CacheTier] = [disk]
+        if config.cache.redis.enabled:
+            from .cache.redistier import RedisTier, connect
+
+            tiers.append(RedisTier(connect(config.cache.redis), config.cache.redis,
+                                   stale_if_error=config.cache.stale_if_error))
+        cache = TieredCache(memory, tiers)
     app[STORE_KEY] = Store(db, cache, RequestLog(db))
     try:
         yield

@@ -135,6 +135,27 @@ ROO_CURRENT_TIME = r"# Current Time\n(?:.+\n?)*"
 
 
 @dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """``[cache.redis]``: the optional shared tier. Off while ``url`` is empty. The password comes from
+    ``password_env``, ``password_file`` or systemd's credential ``redis``, never from the file itself."""
+
+    url: str = ""
+    password_env: str = "REDIS_PASSWORD"
+    password_file: str = ""
+    prefix: str = "r1p:v1:"
+    ttl: float = 7 * 86400.0
+    max_entry_mb: float = 8.0
+    timeout: float = 0.1
+    breaker_failures: int = 5
+    breaker_reset: float = 30.0
+    password: str = field(default="", repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     enabled: bool = True
     memory_mb: float = 256.0
@@ -145,6 +166,7 @@ class CacheConfig:
     count_hits_in_rate_limit: bool = False
     ignore_patterns: tuple[str, ...] = (ROO_CURRENT_TIME,)
     namespace: str = ""
+    redis: RedisConfig = field(default_factory=RedisConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +230,7 @@ class Config:
     def secrets(self) -> list[str]:
         """Every configured secret, for the redaction registry (r1proxy.redact)."""
         out = [up.api_key for up in self.upstreams.values()] + [k.plain_key for k in self.keys]
-        return [s for s in [*out, self.server.metrics_key] if s]
+        return [s for s in [*out, self.server.metrics_key, self.cache.redis.password] if s]
 
     def redacted(self) -> dict[str, Any]:
         """The resolved config as plain data, secrets replaced, for ``check-config``."""
@@ -230,6 +252,7 @@ class Config:
             return obj
 
         d = plain(self)
+        d["cache"]["redis"]["password"] = "(set)" if self.cache.redis.password else "(none)"
         if self.server.metrics_key:
             d["server"]["metrics_key"] = "(set)"
         return d
@@ -339,7 +362,11 @@ def build_config(raw: Mapping[str, Any], *, source: str = "(in memory)",
     if len(set(names)) != len(names):
         p.fail("keys", "two keys share a name")
 
-    cache = p.section(CacheConfig, raw.get("cache", {}), "cache")
+    cache_raw = dict(p.table(raw.get("cache", {}), "cache"))
+    cache = p.section(CacheConfig, {k: v for k, v in cache_raw.items() if k != "redis"}, "cache",
+                      skip={"redis"})
+    if "redis" in cache_raw:
+        cache = replace(cache, redis=_redis(p, cache_raw["redis"], env))
     for i, pat in enumerate(cache.ignore_patterns):
         try:
             re.compile(pat)
@@ -369,6 +396,37 @@ def _key(p: _Parser, body: Any, i: int) -> KeyConfig:
     if not re.fullmatch(r"[0-9a-f]{64}", k.key_sha256.lower()):
         p.fail(f"{where}.key_sha256", "must be 64 hex digits (see `r1proxy keys new NAME`)")
     return replace(k, key_sha256=k.key_sha256.lower(), plain_key=plain or "")
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis(p: _Parser, body: Any, env: Mapping[str, str]) -> RedisConfig:
+    r = p.section(RedisConfig, body, "cache.redis", skip={"password"})
+    if r.url:
+        if not r.url.startswith(_REDIS_SCHEMES):
+            p.fail("cache.redis.url", "must start with redis://, rediss:// or unix://")
+        netloc = r.url.split("://", 1)[1].split("/", 1)[0]
+        if ("@" in netloc and ":" in netloc.rsplit("@", 1)[0]) or "password=" in r.url:
+            p.fail("cache.redis.url", "must not carry a password: set it in $REDIS_PASSWORD "
+                                      "(cache.redis.password_env) or cache.redis.password_file")
+    if r.timeout <= 0:
+        p.fail("cache.redis.timeout", "must be more than 0 (a lookup needs a bound)")
+    if r.ttl < 1:
+        p.fail("cache.redis.ttl", "must be at least 1s (every entry in Redis expires)")
+    if r.breaker_failures < 1:
+        p.fail("cache.redis.breaker_failures", "must be at least 1")
+    password = ""
+    if r.password_file:
+        try:
+            password = Path(r.password_file).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as e:
+            p.fail("cache.redis.password_file", f"cannot be read ({e.strerror})")
+    elif env.get("CREDENTIALS_DIRECTORY") and (Path(env["CREDENTIALS_DIRECTORY"]) / "redis").is_file():
+        password = (Path(env["CREDENTIALS_DIRECTORY"]) / "redis").read_text(encoding="utf-8").strip()
+    elif r.password_env:
+        password = env.get(r.password_env, "").strip()
+    return replace(r, password=password)
 
 
 def _read_secret(up: UpstreamConfig, env: Mapping[str, str], p: _Parser) -> str:
@@ -434,7 +492,7 @@ class _Parser:
         t = str(f.type)
         default = f.default
         if t == "float" and (where.endswith(("ttl", "stale_if_error", "_s", "timeout", "retention"))
-                             or f.name in ("shutdown_timeout",)):
+                             or f.name in ("shutdown_timeout", "breaker_reset")):
             try:
                 return parse_duration(v)
             except ValueError as e:

@@ -35,7 +35,9 @@ async def health(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     cfg = request.app[CONFIG_KEY]
     db = gw.reqlog.db if gw.reqlog is not None else None
-    return web.json_response({"status": "ok", "version": __version__,
+    degraded = gw.cache.degraded()
+    return web.json_response({"status": "degraded" if degraded else "ok", "version": __version__,
+                              "degraded": degraded,  # e.g. "redis breaker open …": served from local tiers
                               "uptime_s": round(time.time() - gw.started_at, 3),
                               "in_flight": len(gw.flights), "cache": cfg.cache.enabled,
                               # writes skipped after a disk error (full disk, I/O): requests never fail for it

@@ -11,6 +11,7 @@ import pytest
 from r1proxy.app import create_app
 from r1proxy.config import Config, build_config
 from tests.fake_fixtures import *  # noqa: F403  (fixtures: fake_openrouter, fake_server)
+from tests.redis_fixtures import *  # noqa: F403  (fixtures: redis_server, own_redis, redis_prefix)
 
 UPSTREAM_KEY = "sk-or-v1-THIS-IS-THE-SECRET-UPSTREAM-KEY-0123456789"
 LOCAL_KEY = "local-r1proxy-key"

@@ -1,4 +1,4 @@
-"""One behaviour contract for every CacheTier (memory, SQLite; Redis later plugs in here)."""
+"""One behaviour contract for every CacheTier: memory, SQLite and Redis (a real redis-server)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,18 @@ async def _nothing() -> None:
     return None
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def tut(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TierUnderTest]:
+    if request.param == "redis":
+        from r1proxy.cache.redistier import RedisTier, connect
+        from r1proxy.config import RedisConfig
+
+        server = request.getfixturevalue("redis_server")
+        cfg = RedisConfig(url=server.url, prefix=request.getfixturevalue("redis_prefix"), timeout=5.0)
+        rt = RedisTier(connect(cfg), cfg)
+        yield TierUnderTest(rt, rt.settle)
+        await rt.close()
+        return
     if request.param == "memory":
         mem = MemoryTier(max_bytes=16 * 1024 * 1024)
         yield TierUnderTest(mem, _nothing)

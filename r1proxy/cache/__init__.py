@@ -1,8 +1,10 @@
 """The cache as the proxy sees it: ``TieredCache`` over a memory tier and slower tiers, or
 ``NullCache`` when caching is off (an object, so callers never test for ``None``).
 
-Lookups try memory first, then each slower tier in order (SQLite today, Redis later); a hit
-in a slower tier is promoted into memory. Writes, touches and deletes go to every tier.
+Lookups try memory first, then each slower tier in order (SQLite, then the shared Redis tier when
+configured); a hit in a slower tier is promoted into memory and into the slower tiers before it
+(a Redis hit lands in SQLite too). Writes, touches and deletes go to every tier; slow tiers queue
+them. ``degraded()`` lists tiers that are up but not in use (a Redis breaker that is open).
 Freshness is the caller's decision: tiers return expired entries too.
 """
 
@@ -39,9 +41,11 @@ class TieredCache:
             entry = self.memory.get_nowait(key)
             if entry is not None:
                 return entry, self.memory.name
-        for tier in self.tiers:
+        for i, tier in enumerate(self.tiers):
             entry = await tier.get(key)
             if entry is not None:
+                for local in self.tiers[:i]:
+                    await local.put(entry)
                 if self.memory is not None:
                     entry = self.memory.put_nowait(entry) or entry
                 return entry, tier.name
@@ -76,6 +80,10 @@ class TieredCache:
 
     async def stats(self) -> list[TierStats]:
         return [await tier.stats() for tier in self._all()]
+
+    def degraded(self) -> list[str]:
+        """One line per tier that is configured but not in use right now (e.g. "redis breaker open …")."""
+        return [d for d in (getattr(t, "degraded", "") for t in self.tiers) if d]
 
     async def close(self) -> None:
         for tier in self._all():
