@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import redact, sdnotify
+from . import guard, redact, sdnotify
 from .appkeys import CLOCK_KEY, CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY
 from .cache import CacheTier, MemoryTier, NullCache, TieredCache
 from .cache.sqlite import SqliteTier
@@ -35,11 +35,13 @@ log = logging.getLogger("r1proxy")
 
 def create_app(config: Config, clock: Clock | None = None) -> web.Application:
     redact.register(config.secrets())  # before anything can relay or log one
-    app = web.Application(client_max_size=config.server.max_request_bytes, middlewares=[error_middleware],
+    app = web.Application(client_max_size=config.server.max_request_bytes,
+                          middlewares=[error_middleware, guard.guard_middleware],
                           handler_args={"max_field_size": 65536})
     app[CONFIG_KEY] = config
     app[CLOCK_KEY] = clock or Clock()
     setup_routes(app)
+    guard.setup(app)
     app.cleanup_ctx.append(http_session_ctx)
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(gateway_ctx)

@@ -39,7 +39,10 @@ class Auth:
         if not given:
             raise ProxyError(401, "Missing API key: send Authorization: Bearer <your r1proxy key>",
                              code="invalid_api_key")
-        digest = hashlib.sha256(given.encode()).digest()
+        try:
+            digest = hashlib.sha256(given.encode()).digest()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (aiohttp keeps them as surrogates)
+            raise ProxyError(401, "Invalid API key", code="invalid_api_key") from None
         found = None
         for d, k in self._digests:  # no early exit: every key is compared
             if hmac.compare_digest(d, digest):

@@ -58,6 +58,8 @@ class ServerConfig:
     log_prompts: bool = False
     log_retention: float = 30 * 86400.0
     metrics_key: str = ""
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def max_request_bytes(self) -> int:

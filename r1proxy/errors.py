@@ -26,6 +26,7 @@ _TYPES = {
     405: "invalid_request_error",
     408: "timeout_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     502: "upstream_error",
     503: "service_unavailable",
@@ -101,8 +102,20 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             msg = e.reason or "HTTP error"
         headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
         return ProxyError(status, msg, headers=headers).response()
-    except (ConnectionResetError, web.RequestPayloadError):
-        raise
+    except web.RequestPayloadError as e:  # a body that cannot be decoded, or a client that left mid-body
+        log.info("unreadable request body on %s %s: %s", request.method, request.path,
+                 str(e).replace("\n", " ").strip())
+        resp = ProxyError(400, f"Request body could not be read: {str(e).split(chr(10))[-1].strip()}").response()
+        resp.force_close()  # the rest of the body is unreadable too: close after this reply...
+        request.content.feed_eof()  # ...and aiohttp must not try to drain it (that raises again, unhandled)
+        return resp
+    except ConnectionResetError:
+        # not an error of ours: one line, no traceback (aiohttp would log this one at ERROR)
+        log.info("client went away during %s %s", request.method, request.path)
+        resp = ProxyError(400, "Client closed the connection").response()
+        resp.force_close()
+        request.content.feed_eof()
+        return resp
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return ProxyError(500, "Internal error in r1proxy (see its log)", type="api_error").response()

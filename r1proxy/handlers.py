@@ -48,7 +48,7 @@ def _may_read_metrics(request: web.Request) -> None:
     key = request.app[CONFIG_KEY].server.metrics_key
     if key:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), key.encode()):
+        if not hmac.compare_digest(given.encode(errors="replace"), key.encode()):
             raise ProxyError(401, "This endpoint needs server.metrics_key as a bearer token")
         return
     peer = request.remote or ""

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from . import jsonbody
 from .cache.keys import last_user_text
 from .config import ModelConfig
 from .errors import bad_request
@@ -87,15 +88,13 @@ def validate(raw: bytes) -> dict[str, Any]:
     """The request body as a dict, or a 400 that says what is wrong with it."""
     if not raw:
         raise bad_request("Request body is empty; expected a JSON object with `model` and `messages`")
-    try:
-        body = json.loads(raw)
-    except ValueError as e:
-        raise bad_request(f"Request body is not valid JSON: {e}") from None
+    body = jsonbody.loads(raw)  # strict: UTF-8, finite numbers, no lone surrogates, bounded depth
     if not isinstance(body, dict):
         raise bad_request("Request body must be a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("`model` is required and must be a non-empty string", "model")
+    jsonbody.check_model(model)  # before anything is spent: it reaches the upstream and our headers
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("`messages` is required and must be a non-empty array", "messages")
@@ -104,6 +103,7 @@ def validate(raw: bytes) -> dict[str, Any]:
             raise bad_request(f"messages[{i}] must be an object with a string `role`", f"messages[{i}]")
     if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
         raise bad_request("`stream` must be true or false", "stream")
+    jsonbody.check_limits(body)
     return body
 
 

@@ -42,7 +42,7 @@ class UpstreamError(ProxyError):
 
 def request_headers(client: Mapping[str, str], up: UpstreamConfig) -> dict[str, str]:
     out = {k: v for k, v in client.items()
-           if k.lower() not in _DROP and not k.lower().startswith(_DROP_PREFIXES)}
+           if k.lower() not in _DROP and not k.lower().startswith(_DROP_PREFIXES) and v.isprintable()}
     out["Content-Type"] = "application/json"
     out["Accept"] = "application/json, text/event-stream"
     if up.referer:

@@ -86,3 +86,60 @@ def test_check_config_never_prints_a_plain_local_key(make_config: Any) -> None:
     assert PLAIN_LOCAL not in json.dumps(config.redacted(), default=str)
     assert PLAIN_LOCAL not in repr(config)
     assert LOCAL_KEY != PLAIN_LOCAL
+
+
+# -- the browser guard ---------------------------------------------------------------------
+
+CHAT = {"model": "deepseek-r1", "stream": False, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_a_foreign_page_cannot_spend_credit(proxy: Any, fake_server: Any) -> None:
+    client = await proxy()  # the README quick start: no [[keys]]
+    body = json.dumps(CHAT).encode()
+    # a "simple" cross-origin POST a browser sends without preflight
+    r = await client.post("/chat/completions", data=body,
+                          headers={"Content-Type": "text/plain", "Origin": "https://evil.example"})
+    assert r.status == 403 and (await r.json())["error"]["code"] == "origin_not_allowed"
+    assert "Access-Control-Allow-Origin" not in r.headers
+    r = await client.post("/chat/completions", data=body, headers={"Content-Type": "text/plain"})
+    assert r.status == 415 and "application/json" in (await r.json())["error"]["message"]
+    # DNS rebinding: the page's own name, resolved to 127.0.0.1
+    for path in ("/chat/completions", "/stats", "/health"):
+        r = await client.request("POST" if path.startswith("/chat") else "GET", path, json=CHAT,
+                                 headers={"Host": "evil.example:4000"})
+        assert r.status == 403 and (await r.json())["error"]["code"] == "host_not_allowed"
+    assert fake_server.calls == []
+
+
+async def test_roo_code_without_origin_is_unaffected(proxy: Any, fake_server: Any) -> None:
+    client = await proxy()
+    for host in (None, "localhost:4000", "127.0.0.1:4000", "[::1]:4000", "LOCALHOST"):
+        headers = {"Host": host} if host else {}
+        r = await client.post("/chat/completions", json=CHAT, headers=headers)
+        assert r.status == 200, host
+        assert "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_allowed_hosts_and_cors_origins(proxy: Any, fake_server: Any) -> None:
+    page = "http://localhost:5173"
+    client = await proxy(server={"allowed_hosts": ["r1proxy.lan"], "cors_origins": [page]})
+    r = await client.post("/chat/completions", json=CHAT, headers={"Host": "r1proxy.lan:4000"})
+    assert r.status == 200
+    r = await client.options("/chat/completions", headers={
+        "Origin": page, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert r.status == 204
+    assert r.headers["Access-Control-Allow-Origin"] == page
+    assert "POST" in r.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+    r = await client.options("/chat/completions", headers={"Origin": "http://other.example",
+                                                           "Access-Control-Request-Method": "POST"})
+    assert r.status == 403
+    r = await client.post("/chat/completions", json={**CHAT, "stream": True}, headers={"Origin": page})
+    assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == page  # streamed replies too
+    assert "X-Cache" in r.headers["Access-Control-Expose-Headers"] and "Origin" in r.headers["Vary"]
+    await r.read()
+    # the proxy's own pages: same origin
+    host = f"127.0.0.1:{client.port}"
+    r = await client.get("/health", headers={"Origin": f"http://{host}", "Host": host})
+    assert r.status == 200
