@@ -7,7 +7,6 @@ reads Cache-Control and LiteLLM's body ``cache`` object into a frozen ``CacheCon
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
