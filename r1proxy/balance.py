@@ -11,8 +11,7 @@ import email.utils
 import math
 import random
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -118,15 +117,6 @@ class Balancer(Generic[T]):
         """A request to ``dep`` ended, successfully or not."""
         st = self.state(dep)
         st.in_flight = max(0, st.in_flight - 1)
-
-    @contextmanager
-    def track(self, dep: T) -> Iterator[None]:
-        """``start`` … ``finish`` around a block."""
-        self.start(dep)
-        try:
-            yield
-        finally:
-            self.finish(dep)
 
     def report_success(self, dep: T, ttfb: float | None = None) -> None:
         """``dep`` answered; ``ttfb`` (seconds to first byte) feeds the latency EWMA. Clears any cool-down."""

@@ -72,7 +72,9 @@ async def stats(request: web.Request) -> web.Response:
     _may_read_metrics(request)
     gw = request.app[GATEWAY_KEY]
     await gw.refresh_cache_stats()
-    return web.json_response(gw.metrics.snapshot())
+    live = {"upstreams": gw.policy.state(),
+            "keys": {k.name: {"in_flight": gw.limiter.in_flight(k.name)} for k in gw.config.keys}}
+    return web.json_response({**gw.metrics.snapshot(), **live})
 
 
 def setup_routes(app: web.Application) -> None:

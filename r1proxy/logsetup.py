@@ -179,12 +179,6 @@ def setup_logging(fmt: str, level: int | str = logging.INFO, *,
     return root
 
 
-def log_request(logger: logging.Logger, fields: Mapping[str, Any]) -> None:
-    """Emit the one access line for a finished request (redacted; prompts and secrets never appear)."""
-    if logger.isEnabledFor(logging.INFO):
-        logger.info("request", extra={FIELDS_ATTR: fields})
-
-
 def log_requests(logger: logging.Logger, rows: list[Mapping[str, Any]]) -> None:
     """The access lines of several finished requests as one record: one write, one line each."""
     if rows and logger.isEnabledFor(logging.INFO):

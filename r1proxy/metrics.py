@@ -3,7 +3,7 @@
 One ``Metrics`` per app, with its own private ``CollectorRegistry``: nothing touches
 prometheus_client's global default registry, so tests, reloads and several apps in one
 process never collide. Callers report events; this module never looks into the cache,
-except through the stats callback that it calls at scrape time. It does not import aiohttp.
+except through the tier figures pushed to it before a scrape. It does not import aiohttp.
 
 Why plain counters and a custom collector rather than ``Counter``/``Histogram`` objects:
 ``request_done`` runs on the hot path of a sub-millisecond cache hit. Three prometheus_client
@@ -19,8 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -50,7 +49,6 @@ OTHER_MODEL = "_other"
 
 # A row is (tier, entries, bytes), or any object with .name, .entries and .bytes (cache TierStats).
 CacheStatsRow = Any
-CacheStatsProvider = Callable[[], Iterable[CacheStatsRow]]
 
 
 def _tier_row(row: CacheStatsRow) -> tuple[str, int, int]:
@@ -97,7 +95,6 @@ class Metrics:
         self._usd_saved = 0.0
         self._usd_spent = 0.0
         self.in_flight = 0
-        self._cache_stats: CacheStatsProvider | None = None
         self._cache_rows: list[tuple[str, int, int]] = []
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
@@ -169,35 +166,14 @@ class Metrics:
     def dec_in_flight(self) -> None:
         self.in_flight -= 1
 
-    @contextmanager
-    def track_in_flight(self) -> Iterator[None]:
-        """Count the body as one in-flight request, however it exits."""
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-
-    def set_cache_stats_provider(self, fn: CacheStatsProvider | None) -> None:
-        """``fn()`` returns (tier, entries, bytes) rows or TierStats; called at each scrape and snapshot."""
-        self._cache_stats = fn
-
     def set_cache_stats(self, rows: Iterable[CacheStatsRow]) -> None:
-        """Push figures from an async source instead; used only while no provider is set.
-
-        The /metrics and /stats handlers call ``m.set_cache_stats(await cache.stats())`` first.
-        """
+        """The cache tiers' figures, pushed before a scrape or snapshot (the /metrics and /stats
+        handlers call ``m.set_cache_stats(await cache.stats())`` first)."""
         self._cache_rows = [_tier_row(r) for r in rows]
 
     def cache_stats(self) -> list[tuple[str, int, int]]:
-        """The provider's (or last pushed) figures; [] if the provider fails, since a scrape must not."""
-        if self._cache_stats is None:
-            return list(self._cache_rows)
-        try:
-            return [_tier_row(r) for r in self._cache_stats()]
-        except Exception:
-            log.exception("cache stats provider failed")
-            return []
+        """The last pushed (tier, entries, bytes) rows."""
+        return list(self._cache_rows)
 
     def uptime_s(self) -> float:
         return self._clock() - self._started

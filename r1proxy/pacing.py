@@ -11,8 +11,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 from r1proxy.ratelimit import SlidingWindow
 
@@ -79,33 +78,28 @@ class UpstreamPacer:
         self._notify()
 
     def mark_daily_exhausted(self, seconds: float) -> None:
-        """The free daily quota is gone for ``seconds``: ``slot()`` raises PacerExhausted until then."""
+        """The free daily quota is gone for ``seconds``: ``acquire()`` raises PacerExhausted until then."""
         self.daily_exhausted_until = max(self.daily_exhausted_until, self._now() + max(0.0, seconds))
         self._notify()
 
-    def clear(self) -> None:
-        """Forget cool-down and daily exhaustion (e.g. after a config reload)."""
-        self.cooling_until = self.daily_exhausted_until = -math.inf
-        self._notify()
+    def state(self) -> dict[str, float | int | str]:
+        """What ``/stats`` shows of this pacer: queue depth, calls in flight, seconds of waiting."""
+        now = self._now()
+        wait = self.wait_estimate()
+        return {"name": self.name, "queued": self.queued, "in_flight": self.in_flight,
+                "wait_s": round(wait, 3) if math.isfinite(wait) else -1,
+                "cooling_s": round(max(0.0, self.cooling_until - now), 3),
+                "daily_quota_resets_in_s": round(max(0.0, self.daily_exhausted_until - now), 3)}
 
     def wait_estimate(self) -> float:
         """Seconds the next caller would wait for time-based reasons (inf if only a release can help)."""
         return self._blocked(self._now())[0]
 
-    @asynccontextmanager
-    async def slot(self, max_wait_s: float | None = None) -> AsyncIterator[None]:
-        """Wait FIFO for a slot (at most ``max_wait_s``), hold it for the block, then release it.
+    async def acquire(self, max_wait_s: float | None = None) -> None:
+        """Wait FIFO for a slot (at most ``max_wait_s``); pair with ``release()``.
 
         Raises PacerTimeout after max_wait_s, PacerExhausted at once while the daily quota is gone.
         """
-        await self.acquire(max_wait_s)
-        try:
-            yield
-        finally:
-            self.release()
-
-    async def acquire(self, max_wait_s: float | None = None) -> None:
-        """The waiting half of ``slot()``; pair with ``release()``."""
         start = self._now()
         self._check_daily(start)
         deadline = math.inf if max_wait_s is None else start + max_wait_s

@@ -34,6 +34,10 @@ class UpstreamPolicy(Hooks):
                                              failures_to_cooldown=config.retry.failures_to_cooldown,
                                              cooldown_s=config.retry.cooldown_s, now=now)
 
+    def state(self) -> list[dict[str, float | int | str]]:
+        """Each paced deployment's queue and cool-down state (for ``/stats``)."""
+        return [p.state() for p in self.pacers.values()]
+
     def order(self, alias: str, deps: list[ModelConfig]) -> list[ModelConfig]:
         """The alias's deployments in the order to try them (balancer's choice first)."""
         bal = self.balancers.get(alias)

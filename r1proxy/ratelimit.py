@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -151,14 +150,6 @@ class Decision:
         return out
 
 
-class RateLimited(Exception):
-    """Raised by ``KeyLimiter.holding`` when the request is refused; carries the Decision."""
-
-    def __init__(self, decision: Decision) -> None:
-        super().__init__(f"rate limited ({decision.reason}); retry after {decision.retry_after:.1f}s")
-        self.decision = decision
-
-
 @dataclass
 class _KeyState:
     limits: KeyLimits
@@ -189,10 +180,6 @@ class KeyLimiter:
             state.in_flight = old.in_flight
         self._keys[limits.name] = state
 
-    def check(self, key: str) -> Decision:
-        """What ``acquire`` would decide, without consuming anything."""
-        return self._decide(key, take=False)
-
     def acquire(self, key: str) -> Decision:
         """Decide; when allowed, take one rpm token and one parallel slot (``release`` returns the slot)."""
         return self._decide(key, take=True)
@@ -202,17 +189,6 @@ class KeyLimiter:
         st = self._keys.get(key)
         if st and st.in_flight > 0:
             st.in_flight -= 1
-
-    @contextmanager
-    def holding(self, key: str) -> Iterator[Decision]:
-        """``acquire`` … ``release`` around a block; raises RateLimited if refused."""
-        decision = self.acquire(key)
-        if not decision.allowed:
-            raise RateLimited(decision)
-        try:
-            yield decision
-        finally:
-            self.release(key)
 
     def add_tokens(self, key: str, n: int) -> None:
         """Count n tokens (from the upstream usage, after the fact) against the key's tpm."""

@@ -1,14 +1,11 @@
 """The request log and per-key daily usage: every SQL statement on ``requests`` and ``key_usage``.
 
 Writes are queued on the ``Database`` writer (never block, never raise). Reads back the
-numbers ``r1proxy stats`` prints, either through a running ``Database`` (``summary``) or a
-plain ``sqlite3`` connection when the server is down (``summary_sync``); both run the same
-SQL and build the result with the same function. Days are UTC dates ('YYYY-MM-DD').
+numbers ``r1proxy stats`` prints (``summary``). Days are UTC dates ('YYYY-MM-DD').
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -58,19 +55,6 @@ def _build_summary(now: float, overall: Sequence[Any], today: Sequence[Any],
 
     return {"day": utc_day(now), "overall": block(overall), "today": block(today),
             "top_models": [{"model": m, "requests": n} for m, n in top]}
-
-
-def summary_sync(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
-    """``RequestLog.summary`` on a plain sqlite3 connection (the CLI, server down)."""
-    now = time.time() if now is None else now
-    (q1, p1), (q2, p2), (q3, p3) = _summary_queries(now)
-    return _build_summary(now, conn.execute(q1, p1).fetchone(), conn.execute(q2, p2).fetchone(),
-                          conn.execute(q3, p3).fetchall())
-
-
-def load_usage_sync(conn: sqlite3.Connection, day: str) -> dict[str, tuple[int, int, float]]:
-    """``RequestLog.load_usage`` on a plain sqlite3 connection."""
-    return {k: (r, t, u) for k, r, t, u in conn.execute(_LOAD_USAGE, (day,)).fetchall()}
 
 
 class RequestLog:

@@ -61,3 +61,21 @@ async def test_failed_upstream_attempts_come_from_the_flight(proxy: Any, fake_se
     await gw.stop(5)
     snap = gw.metrics.snapshot()
     assert snap["upstream_errors"] == 2, json.dumps(snap)
+
+
+async def test_stats_show_pacing_queues_and_key_slots(proxy: Any, fake_server: Any) -> None:
+    client = await proxy(models=[{"name": "paced", "model": "deepseek/deepseek-r1:free", "rpm": 20,
+                                  "max_parallel": 1}],
+                         keys=[{"name": "roo", "key_sha256": _sha(LOCAL_KEY)}])
+    r = await client.get("/stats")
+    assert r.status == 200
+    stats = await r.json()
+    assert stats["keys"] == {"roo": {"in_flight": 0}}
+    (paced,) = [u for u in stats["upstreams"] if u["name"].endswith("deepseek-r1:free")]
+    assert paced["queued"] == 0 and paced["in_flight"] == 0 and paced["cooling_s"] == 0
+
+
+def _sha(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()

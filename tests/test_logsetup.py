@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from r1proxy.logsetup import REDACTED, access_line, log_request, redact, setup_logging
+from r1proxy.logsetup import REDACTED, access_line, log_requests, redact, setup_logging
 
 SECRET = "sk-or-v1-0123456789abcdef0123456789abcdef"
 REQUEST = {"request_id": "r-1", "key_name": "laptop", "alias": "deepseek-r1", "status": 200,
@@ -40,7 +40,7 @@ def capture(fmt: str) -> tuple[logging.Logger, io.StringIO]:
 
 def test_plain_request_line(restore_loggers: None) -> None:
     logger, buf = capture("plain")
-    log_request(logger, REQUEST)
+    log_requests(logger, [REQUEST])
     out = buf.getvalue()
     assert out.count("\n") == 1
     assert re.fullmatch(
@@ -50,7 +50,7 @@ def test_plain_request_line(restore_loggers: None) -> None:
 
 def test_json_request_line(restore_loggers: None) -> None:
     logger, buf = capture("json")
-    log_request(logger, {**REQUEST, "msg": "spoof", "note": "two\nlines"})
+    log_requests(logger, [{**REQUEST, "msg": "spoof", "note": "two\nlines"}])
     lines = buf.getvalue().splitlines()
     assert len(lines) == 1
     obj = json.loads(lines[0])
@@ -79,8 +79,8 @@ def test_redaction_drops_names_and_masks_values() -> None:
 def test_no_secret_reaches_any_output(restore_loggers: None) -> None:
     for fmt in ("plain", "json"):
         logger, buf = capture(fmt)
-        log_request(logger, {"request_id": "r", "upstream_key": SECRET, "detail": SECRET,
-                             "headers": {"authorization": SECRET}, "prompt": "PROMPT-TEXT"})
+        log_requests(logger, [{"request_id": "r", "upstream_key": SECRET, "detail": SECRET,
+                              "headers": {"authorization": SECRET}, "prompt": "PROMPT-TEXT"}])
         logger.warning("retrying", extra={"r1proxy_fields": {"why": f"401 for {SECRET}"}})
         out = buf.getvalue()
         assert SECRET not in out and "sk-or" not in out and "PROMPT-TEXT" not in out
@@ -108,7 +108,7 @@ def test_setup_is_idempotent_and_levels(restore_loggers: None) -> None:
     logging.getLogger("aiohttp.server").error("boom")
     lines = buf.getvalue().splitlines()
     assert [json.loads(x)["msg"] for x in lines] == ["boom"]
-    log_request(logging.getLogger("r1proxy.x"), REQUEST)  # below WARNING: nothing
+    log_requests(logging.getLogger("r1proxy.x"), [REQUEST])  # below WARNING: nothing
     assert buf.getvalue().splitlines() == lines
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from r1proxy.config import KeyConfig
-from r1proxy.ratelimit import Decision, KeyLimiter, RateLimited, SlidingWindow, TokenBucket
+from r1proxy.ratelimit import Decision, KeyLimiter, SlidingWindow, TokenBucket
 
 
 class Clock:
@@ -92,7 +92,7 @@ def test_rpm_decision_and_headers() -> None:
     assert d3.headers()["Retry-After"] == "30" and d3.headers()["x-ratelimit-remaining"] == "0"
     assert lim.in_flight("alice") == 2  # refused requests take no slot
     clock.t += 30
-    assert lim.check("alice").allowed and lim.acquire("alice").allowed
+    assert lim.acquire("alice").allowed
 
 
 def test_unknown_and_unlimited_keys_pass() -> None:
@@ -117,13 +117,13 @@ def test_tpm_counts_after_the_fact() -> None:
     assert lim.acquire("alice").allowed
 
 
-def test_parallel_cap_and_context_manager() -> None:
+def test_parallel_cap_is_released() -> None:
     lim = KeyLimiter([Limits(max_parallel=2)], now=Clock())
-    with lim.holding("alice"), lim.holding("alice"):
-        with pytest.raises(RateLimited) as exc, lim.holding("alice"):
-            pass
-        assert exc.value.decision.reason == "parallel"
-        assert exc.value.decision.headers()["Retry-After"] == "1"
+    assert lim.acquire("alice").allowed and lim.acquire("alice").allowed
+    refused = lim.acquire("alice")
+    assert not refused.allowed and refused.reason == "parallel" and refused.headers()["Retry-After"] == "1"
+    lim.release("alice")
+    lim.release("alice")
     assert lim.in_flight("alice") == 0
     lim.release("alice")  # an extra release never goes negative
     assert lim.in_flight("alice") == 0
