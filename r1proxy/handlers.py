@@ -73,7 +73,8 @@ async def stats(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     await gw.refresh_cache_stats()
     live = {"upstreams": gw.policy.state(),
-            "keys": {k.name: {"in_flight": gw.limiter.in_flight(k.name)} for k in gw.config.keys}}
+            "keys": {k.name: {"in_flight": gw.limiter.in_flight(k.name)} for k in gw.config.keys},
+            "degraded": gw.cache.degraded(), "tier_reports": gw.cache.reports()}
     return web.json_response({**gw.metrics.snapshot(), **live})
 
 

@@ -92,6 +92,14 @@ def format_stats(s: dict[str, Any]) -> str:
         lines.append(f"  memory cache  {m['entries']} entries, {_human(m['bytes'])}")
         lines.append(f"  live          {live.get('in_flight', 0)} in flight, up {live.get('uptime_s', 0):.0f}s, "
                      f"session hit rate {live.get('overall_hit_rate', 0):.1%}")
+        redis = live.get("tier_reports", {}).get("redis")
+        if redis is not None:
+            tiers = live.get("cache_tiers", {}).get("redis", {})
+            lines.append(f"  redis tier    {redis['state']}, {tiers.get('entries', 0)} entries, "
+                         f"{_human(tiers.get('bytes', 0))}; hits {redis['hits']}, misses {redis['misses']}, "
+                         f"errors {redis['errors']}, dropped writes {redis['dropped_writes']}")
+        for d in live.get("degraded", []):
+            lines.append(f"  degraded: {d}")
     if s["top_models"]:
         lines.append("  top models    " + ", ".join(f"{m['model']} ({m['requests']})" for m in s["top_models"]))
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import pytest
 from r1proxy.app import create_app
 from r1proxy.appkeys import GATEWAY_KEY
 from r1proxy.config import ConfigError, RedisConfig, build_config
+from r1proxy.ops import format_stats
 from tests.roo import roo_body
 from tests.test_cache_e2e import answer, settle, upstream_calls
 from tests.test_redis_tier import HungServer
@@ -98,5 +99,15 @@ async def test_a_hung_redis_fails_no_request(aiohttp_client: Any, make_config: A
         assert health["status"] == "degraded"
         assert health["degraded"][0].startswith("redis breaker open")
         assert upstream_calls(fake_server) == 4
+        live = await (await p.get("/stats")).json()
+        assert live["degraded"] == health["degraded"]
+        report = live["tier_reports"]["redis"]
+        assert report["state"] == "open" and report["errors"] >= 2 and report["skipped"] >= 1
+        period = {"requests": 0, "hit_rate": 0.0, "tokens_saved": 0, "usd_saved": 0.0, "usd_spent": 0.0,
+                  "upstream_errors": 0}
+        text = format_stats({"database": "x", "server": "up", "overall": period, "today": period,
+                             "disk": {"entries": 0, "stored_bytes": 0, "raw_bytes": 0}, "top_models": [],
+                             "memory": {"entries": 0, "bytes": 0}, "live": live})
+        assert "degraded: redis breaker open" in text and "redis tier    open" in text
     finally:
         await hung.stop()

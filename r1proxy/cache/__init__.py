@@ -85,6 +85,10 @@ class TieredCache:
         """One line per tier that is configured but not in use right now (e.g. "redis breaker open …")."""
         return [d for d in (getattr(t, "degraded", "") for t in self.tiers) if d]
 
+    def reports(self) -> dict[str, dict[str, object]]:
+        """Per-tier counters from tiers that keep them (the Redis tier: hits, errors, breaker state …)."""
+        return {t.name: fn() for t in self.tiers if (fn := getattr(t, "report", None)) is not None}
+
     async def close(self) -> None:
         for tier in self._all():
             await tier.close()

@@ -107,6 +107,14 @@ class RedisTier:
         reason = self.breaker.degraded
         return f"redis {reason}" if reason else ""
 
+    def report(self) -> dict[str, Any]:
+        """Counters and breaker state for /stats, ``r1proxy stats`` and /metrics."""
+        c = self.counters
+        return {"state": self.breaker.state, "degraded": self.degraded, "hits": c.hits, "misses": c.misses,
+                "errors": c.errors, "skipped": c.skipped, "writes": c.writes, "dropped_writes": c.dropped_writes,
+                "too_big": c.too_big, "damaged": c.damaged, "breaker_opens": self.breaker.opens,
+                "queued": self._queue.qsize()}
+
     # ---- reads: bounded, breaker-guarded, never raise -------------------------------------------
 
     async def get(self, key: str) -> CacheEntry | None:
