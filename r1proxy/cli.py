@@ -1,4 +1,4 @@
-"""Command line: ``r1proxy serve | check-config | keys new | stats | cache … | logs``.
+"""Command line: ``r1proxy serve | check-config | keys new | stats | cache … | logs | import-litellm``.
 
 Argument parsing and dispatch only; every error is one line on stderr and an exit code.
 """
@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     csub.add_parser("path", help="print the database path (for sqlite3)")
     bk = csub.add_parser("backup", help="copy the database to PATH (VACUUM INTO; safe while serving)")
     bk.add_argument("dest", metavar="PATH")
+    il = sub.add_parser("import-litellm", help="convert a LiteLLM proxy litellm_config.yaml into a config.toml "
+                                               "(secrets are never copied)")
+    il.add_argument("yaml", metavar="LITELLM_CONFIG_YAML")
+    il.add_argument("-o", "--output", default="config.toml", help="where to write (default ./config.toml; "
+                                                                  "'-' for stdout)")
+    il.add_argument("--force", action="store_true", help="overwrite an existing output file")
     lg = sub.add_parser("logs", help="the request log (no prompts)")
     lg.add_argument("-n", type=int, default=20, help="how many rows (default 20)")
     lg.add_argument("--follow", "-f", action="store_true", help="keep printing new requests")
@@ -61,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.cmd == "keys":
             return _keys(args, p)
+        if args.cmd == "import-litellm":
+            return _import_litellm(args)
         config = load_config(args.config)
         from . import redact
 
@@ -125,6 +133,32 @@ def _serve(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-
               file=sys.stderr)
         return 1
     return 0
+
+
+def _import_litellm(args: argparse.Namespace) -> int:
+    """0: converted; 3: converted, but the YAML held literal secrets (not copied; see the report); 2: not."""
+    from pathlib import Path
+
+    from .litellm_import import ImportError_, convert, load_yaml, report
+
+    try:
+        res = convert(load_yaml(Path(args.yaml).read_text(encoding="utf-8")))
+    except ImportError_ as e:
+        print(f"r1proxy: {args.yaml}: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:  # the converted config would not load: a bug here, said plainly
+        print(f"r1proxy: {args.yaml}: the converted config does not load ({e})", file=sys.stderr)
+        return 2
+    if args.output == "-":
+        sys.stdout.write(res.toml)
+    else:
+        dest = Path(args.output)
+        if dest.exists() and not args.force:
+            print(f"r1proxy: {dest} already exists (use --force to overwrite, or -o PATH)", file=sys.stderr)
+            return 2
+        dest.write_text(res.toml, encoding="utf-8")
+    print(report(res, args.output if args.output != "-" else "(stdout)"), file=sys.stderr)
+    return 3 if res.secrets else 0
 
 
 def _keys(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
