@@ -168,6 +168,8 @@ class CacheConfig:
     count_hits_in_rate_limit: bool = False
     ignore_patterns: tuple[str, ...] = (ROO_CURRENT_TIME,)
     namespace: str = ""
+    share: str = "all"
+    finish_on_disconnect_max: float = 600.0
     redis: RedisConfig = field(default_factory=RedisConfig)
 
 
@@ -175,6 +177,11 @@ class CacheConfig:
 class StreamConfig:
     early_headers_s: float = 10.0
     keepalive_s: float = 15.0
+    max_event_mb: float = 8.0
+
+    @property
+    def max_event_bytes(self) -> int:
+        return int(self.max_event_mb * 1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +381,11 @@ def build_config(raw: Mapping[str, Any], *, source: str = "(in memory)",
             re.compile(pat)
         except re.error as e:
             p.fail(f"cache.ignore_patterns[{i}]", f"is not a valid regex: {e}")
+    if cache.share not in ("all", "key"):
+        p.fail("cache.share", 'must be "all" or "key"')
     stream = p.section(StreamConfig, raw.get("stream", {}), "stream")
+    if stream.max_event_mb <= 0:
+        p.fail("stream.max_event_mb", "must be more than 0")
     retry = p.section(RetryConfig, raw.get("retry", {}), "retry")
     if retry.max_attempts < 1:
         p.fail("retry.max_attempts", "must be at least 1")
@@ -494,7 +505,7 @@ class _Parser:
         t = str(f.type)
         default = f.default
         if t == "float" and (where.endswith(("ttl", "stale_if_error", "_s", "timeout", "retention"))
-                             or f.name in ("shutdown_timeout", "breaker_reset")):
+                             or f.name in ("shutdown_timeout", "breaker_reset", "finish_on_disconnect_max")):
             try:
                 return parse_duration(v)
             except ValueError as e:

@@ -139,8 +139,9 @@ class Gateway:
             raise ProxyError(429, f"Rate limit for key {key.name!r} reached ({d.reason}); retry in "
                                   f"{max(1, round(d.retry_after))}s", code="rate_limit_exceeded", headers=d.headers())
 
-    def identify(self, raw: bytes) -> RequestIdentity:
-        """Validate and derive everything the body decides (raises 400/404 for bad input)."""
+    def identify(self, raw: bytes, partition: str = "") -> RequestIdentity:
+        """Validate and derive everything the body decides (raises 400/404 for bad input); ``partition``
+        is the key name when ``cache.share = "key"``."""
         body = validate(raw)
         deployments = self.router.resolve(body["model"])
         first = deployments[0]
@@ -150,15 +151,15 @@ class Gateway:
         if self.cache.enabled:
             # the alias's first deployment, not the balancer's pick: the key must not move
             primary = prepare(body, first, first.model)
-            cache_key, canonical = self.keys.cache_key(first.upstream, primary, cc.namespace)
+            cache_key, canonical = self.keys.cache_key(first.upstream, primary, cc.namespace, partition)
         return RequestIdentity(body["model"], deployments, bool(body.get("stream")), body_cache, cache_key,
                                canonical, body)
 
-    def _known(self, raw: bytes) -> tuple[bytes, RequestIdentity | None]:
-        """The memoised identity of a body seen before (no parsing), keyed by its hash."""
+    def _known(self, raw: bytes, partition: str) -> tuple[bytes, RequestIdentity | None]:
+        """The memoised identity of a body seen before (no parsing), keyed by its hash (and partition)."""
         if not self.cache.enabled:
             return b"", None
-        digest = xxhash.xxh3_128_digest(raw)
+        digest = xxhash.xxh3_128_digest(partition.encode() + b"\0" + raw if partition else raw)
         known = self._idents.get(digest)
         if known is not None:
             self._idents.move_to_end(digest)
@@ -176,9 +177,10 @@ class Gateway:
         rec.request_bytes = len(raw)
         if self.config.server.log_prompts:  # opt-in: prompts stay out of the request log by default
             rec.prompt = prompt_of(raw)
-        digest, ident = self._known(raw)
+        partition = key.name if self.config.cache.share == "key" else ""
+        digest, ident = self._known(raw, partition)
         if ident is None:
-            ident = self.identify(raw)
+            ident = self.identify(raw, partition)
             self._remember(digest, ident)
         self.router.allowed(ident.model, key)
         first = ident.first
@@ -194,7 +196,7 @@ class Gateway:
             raise ProxyError(504, "Not in cache (Cache-Control: only-if-cached)" if self.cache.enabled
                              else "Caching is off (Cache-Control: only-if-cached)", code="cache_miss")
         if ident.body is None:  # a memoised identity: the flight needs the parsed body
-            ident = self.identify(raw)
+            ident = self.identify(raw, partition)
         return await self._miss(request, rec, key, ident, cc, admit)
 
     async def _lookup(self, key: str, cc: CacheControl) -> tuple[CacheEntry, str] | None:

@@ -2,12 +2,14 @@
 
 Applies a model alias's ``defaults`` (when the client omits a field), ``overrides``
 (always), ``system_prompt = "merge-into-user"`` (R1 wants no system role; same-role runs are
-merged as DeepSeek requires), ``strip_reasoning_from_history`` and ``tools = "strip"``.
+merged as DeepSeek requires), ``strip_reasoning_from_history`` (reasoning fields and a leading
+``<think>`` block in assistant history) and ``tools = "strip"``.
 The cache key is computed on the result, so a template change never serves old answers.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .config import ModelConfig
@@ -42,9 +44,23 @@ def prepare(body: dict[str, Any], m: ModelConfig | None, upstream_model: str) ->
     return out
 
 
+# a leading reasoning block in content (reasoning = "think-tags", or a host that sends it so): Roo's
+# non-streaming path keeps it as answer text and sends it back on every later turn
+_THINK_BLOCK = re.compile(r"\A\s*<think>.*?</think>\s*", re.DOTALL)
+
+
 def _strip_reasoning(msg: Any) -> Any:
-    if isinstance(msg, dict) and msg.get("role") == "assistant" and any(k in msg for k in HISTORY_REASONING_FIELDS):
-        return {k: v for k, v in msg.items() if k not in HISTORY_REASONING_FIELDS}
+    if not isinstance(msg, dict) or msg.get("role") != "assistant":
+        return msg
+    if any(k in msg for k in HISTORY_REASONING_FIELDS):
+        msg = {k: v for k, v in msg.items() if k not in HISTORY_REASONING_FIELDS}
+    content = msg.get("content")
+    if isinstance(content, str) and "<think>" in content:
+        return {**msg, "content": _THINK_BLOCK.sub("", content, count=1)}
+    if isinstance(content, list) and content and isinstance(content[0], dict) and content[0].get("type") == "text":
+        first = content[0].get("text")
+        if isinstance(first, str) and "<think>" in first:
+            return {**msg, "content": [{**content[0], "text": _THINK_BLOCK.sub("", first, count=1)}, *content[1:]]}
     return msg
 
 

@@ -143,3 +143,45 @@ async def test_allowed_hosts_and_cors_origins(proxy: Any, fake_server: Any) -> N
     host = f"127.0.0.1:{client.port}"
     r = await client.get("/health", headers={"Origin": f"http://{host}", "Host": host})
     assert r.status == 200
+
+
+# -- cache partitions ----------------------------------------------------------------------
+
+KEY_A, KEY_B = "key-a-0123456789", "key-b-0123456789"
+TWO_KEYS = [{"name": "a", "key": KEY_A}, {"name": "b", "key": KEY_B}]
+
+
+async def ask(client: Any, key: str, cache_control: str | None = None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {key}"}
+    if cache_control:
+        headers["Cache-Control"] = cache_control
+    r = await client.post("/chat/completions", json=CHAT, headers=headers)
+    await r.read()
+    return r.status, r.headers.get("X-Cache", "")
+
+
+async def test_share_key_keeps_each_key_in_its_own_cache(proxy: Any, fake_server: Any) -> None:
+    client = await proxy(keys=TWO_KEYS, cache={"share": "key"})
+    assert await ask(client, KEY_B, "only-if-cached") == (504, "")
+    assert await ask(client, KEY_A) == (200, "MISS")
+    assert await ask(client, KEY_A) == (200, "HIT")
+    # B cannot probe whether A asked it, and does not get A's answer
+    assert await ask(client, KEY_B, "only-if-cached") == (504, "")
+    assert await ask(client, KEY_B) == (200, "MISS")
+    assert await ask(client, KEY_B) == (200, "HIT")
+    assert fake_server.fake.count() == 2
+
+
+async def test_share_all_is_one_cache(proxy: Any, fake_server: Any) -> None:
+    client = await proxy(keys=TWO_KEYS)
+    assert client.app[CONFIG_KEY].cache.share == "all"
+    assert await ask(client, KEY_A) == (200, "MISS")
+    assert await ask(client, KEY_B, "only-if-cached") == (200, "HIT")
+    assert fake_server.fake.count() == 1
+
+
+def test_share_must_be_all_or_key(make_config: Any) -> None:
+    from r1proxy.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cache\.share"):
+        make_config(cache={"share": "everyone"})

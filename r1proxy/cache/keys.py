@@ -30,7 +30,7 @@ class KeyMaker:
         self.patterns = [re.compile(p) for p in ignore_patterns]
         self.namespace = namespace
 
-    def canonical(self, upstream: str, body: dict[str, Any], namespace: str = "") -> bytes:
+    def canonical(self, upstream: str, body: dict[str, Any], namespace: str = "", partition: str = "") -> bytes:
         """The canonical request JSON a key stands for (what the store keeps beside the answer)."""
         doc: dict[str, Any] = {}
         for k, v in body.items():
@@ -41,15 +41,18 @@ class KeyMaker:
         head: dict[str, Any] = {"upstream": upstream}
         if ns:
             head["namespace"] = ns
+        if partition:  # cache.share = "key": one key's answers are never another key's hits
+            head["partition"] = partition
         doc["$r1proxy"] = head
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     def key(self, canonical: bytes) -> str:
         return f"{KEY_VERSION}:{xxhash.xxh3_128_hexdigest(canonical)}"
 
-    def cache_key(self, upstream: str, body: dict[str, Any], namespace: str = "") -> tuple[str, bytes]:
+    def cache_key(self, upstream: str, body: dict[str, Any], namespace: str = "",
+                  partition: str = "") -> tuple[str, bytes]:
         """(key, canonical request bytes) for a request body as sent upstream."""
-        canon = self.canonical(upstream, body, namespace)
+        canon = self.canonical(upstream, body, namespace, partition)
         return self.key(canon), canon
 
     def _text(self, s: str) -> str:
