@@ -3,8 +3,9 @@
 Registers routes, the error middleware and one ``cleanup_ctx`` per resource in dependency
 order (HTTP session → database and cache → gateway), so teardown runs in reverse: in-flight
 streams finish (bounded by ``server.shutdown_timeout``), flights end, the cache writer is
-flushed and the WAL checkpointed. ``serve`` adds sd_notify readiness, SIGTERM/SIGINT drain and
-SIGHUP reload of keys and limits.
+flushed and the WAL checkpointed. ``serve`` adds sd_notify readiness, the watchdog and status
+text (heartbeat.py), SIGTERM/SIGINT drain under one deadline (shutdown.py) and SIGHUP reload of
+keys and limits.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import guard, redact, sdnotify
+from . import guard, redact, sdnotify, shutdown
 from .appkeys import CLOCK_KEY, CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY
 from .cache import CacheTier, MemoryTier, NullCache, TieredCache
 from .cache.sqlite import SqliteTier
@@ -27,6 +28,7 @@ from .db import Database, DatabaseUnavailable
 from .errors import error_middleware
 from .gateway import Gateway
 from .handlers import setup_routes
+from .heartbeat import Heartbeat
 from .reqlog import RequestLog
 from .store import Store
 
@@ -97,15 +99,15 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     await gw.start()
     app[GATEWAY_KEY] = gw
     yield
-    await gw.stop(config.server.shutdown_timeout)
+    await gw.stop(shutdown.remaining(gw, config.server.shutdown_timeout))
 
 
 def check_bind(config: Config) -> None:
-    """Refuse an open gateway: no keys on a non-loopback bind is an error, on loopback a warning."""
+    """Refuse an open gateway: no keys on a non-loopback bind is a config error, on loopback a warning."""
     if config.keys:
         return
     if not config.server.is_loopback:
-        raise SystemExit(f"r1proxy: refusing to listen on {config.server.host} with no [[keys]] in "
+        raise ConfigError(f"refusing to listen on {config.server.host} with no [[keys]] in "
                          f"{config.source}: anyone who can reach it could spend your OpenRouter credit. "
                          "Add a key (r1proxy keys new NAME) or bind to 127.0.0.1.")
     log.warning("no [[keys]] configured: accepting any bearer on loopback %s:%s",
@@ -120,14 +122,14 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             log.warning("upstream %s has no API key (set $%s or api_key_file); requests will fail upstream",
                         up.name, up.api_key_env or "…")
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.server.shutdown_timeout)
+    # shutdown.drain() waits for in-flight requests itself, under the one deadline; aiohttp only
+    # gets a short grace for the handlers it cancels once that deadline has passed.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown.CANCEL_GRACE_S)
     try:
         await runner.setup()
     except DatabaseUnavailable as e:
         raise SystemExit(f"r1proxy: {e}") from None
-    site = web.TCPSite(runner, config.server.host, config.server.port,
-                       shutdown_timeout=config.server.shutdown_timeout)
+    site = web.TCPSite(runner, config.server.host, config.server.port)
     try:
         await site.start()
     except OSError:
@@ -136,6 +138,8 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     gw = app[GATEWAY_KEY]
+    store = app[STORE_KEY]
+    beat = Heartbeat(gw.metrics.totals, lambda: gw.metrics.in_flight, lambda: store.db.write_errors)
 
     def reload() -> None:
         sdnotify.reloading()
@@ -143,9 +147,12 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             new = load_config(config_path)
             redact.register(new.secrets())
             gw.reload(new)
+            beat.reload_error = ""
         except ConfigError as e:
-            log.error("reload failed, keeping the running config: %s", e)
+            log.warning("reload failed, keeping the running config: %s", e)
+            beat.reload_error = str(e)
         sdnotify.ready()
+        beat.beat()
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -153,15 +160,18 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     log.info("r1proxy listening on http://%s:%s (config: %s, database: %s)", config.server.host,
              config.server.port, config.source, config.db_path)
     sdnotify.ready()
+    beat.start()
     try:
         await stop.wait()
     finally:
         sdnotify.stopping()
+        beat.draining = True
         log.info("shutting down: finishing in-flight requests (up to %gs)", config.server.shutdown_timeout)
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not cut the drain short
             loop.add_signal_handler(sig, log.info, "already shutting down")
         loop.remove_signal_handler(signal.SIGHUP)
-        await runner.cleanup()
+        await shutdown.drain(runner, config.server.shutdown_timeout, beat.beat)
+        await beat.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("stopped")

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
 from .config import ConfigError, load_config
+
+# sysexits.h EX_CONFIG ("78/CONFIG" in systemctl status): the systemd units name it in
+# RestartPreventExitStatus=, so a config error ends in "failed" at once instead of a restart loop.
+EXIT_CONFIG = 78
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,8 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kw["limit"] = args.n
             return ops.cache(config, args.cache_cmd, **kw)
     except ConfigError as e:
-        print(f"r1proxy: config error: {e}", file=sys.stderr)
-        return 2
+        from .logsetup import journal_prefix, on_journal
+
+        prefix = journal_prefix(logging.ERROR) if on_journal(sys.stderr) else ""
+        print(f"{prefix}r1proxy: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # one line for the operator, never a traceback

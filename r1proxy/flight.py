@@ -397,6 +397,10 @@ class Flights(Mapping[str, Flight]):
                 flight.task.cancel()
 
     async def drain(self, timeout: float) -> None:
-        """Let flights (and the storing they leave behind) finish, within ``timeout``."""
+        """Let flights (and the storing they leave behind) finish within ``timeout``; cancel the rest."""
         if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=timeout)
+            _, late = await asyncio.wait(list(self.tasks), timeout=timeout) if timeout > 0 else ((), set(self.tasks))
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)

@@ -8,6 +8,7 @@ in ``reply``, and what a finished request leaves behind in ``accounting``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -66,6 +67,7 @@ class Gateway:
         self._idents: OrderedDict[bytes, RequestIdentity] = OrderedDict()
         self._rid = itertools.count(1)
         self._rid_prefix = uuid.uuid4().hex[:6]
+        self.deadline: float | None = None  # loop.time() the shutdown drain ends (set by shutdown.drain())
 
     async def start(self) -> None:
         await self.accounting.start()
@@ -114,6 +116,12 @@ class Gateway:
             return await self._chat(request, rec, key, admit=not count_hits)
         except ProxyError as e:
             rec.status, rec.error_type = e.status, e.type
+            raise
+        except asyncio.CancelledError:
+            # cut (the shutdown deadline, or aiohttp): a client that got nothing is no "200, 0 bytes"
+            rec.error_type = "shutdown" if self.deadline is not None else "cancelled"
+            if rec.response_bytes == 0:
+                rec.status = 499
             raise
         finally:
             if held or rec.admitted:

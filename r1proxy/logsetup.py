@@ -1,5 +1,9 @@
 """Logging setup: the "r1proxy" logger to stderr, as plain ``ts LEVEL msg k=v`` lines or JSON lines.
 
+When stderr is a journald stream (``$JOURNAL_STREAM`` names its device and inode), each line
+starts with its syslog priority (``<3>`` error, ``<4>`` warning, ``<6>`` info), which journald
+strips and records, so ``journalctl -p warning`` finds warnings and errors.
+
 Owns the two formatters, the one-line-per-request access log and the redaction every
 structured field passes through: field names that suggest credentials are dropped, and values
 that look like API keys are masked, so no code path can log a secret or a prompt by accident.
@@ -11,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -158,14 +163,52 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, ensure_ascii=False, default=str)
 
 
+def journal_prefix(levelno: int) -> str:
+    """The sd-daemon(3) priority prefix for a logging level: ``<2>`` critical … ``<7>`` debug."""
+    if levelno >= logging.CRITICAL:
+        return "<2>"
+    if levelno >= logging.ERROR:
+        return "<3>"
+    if levelno >= logging.WARNING:
+        return "<4>"
+    return "<6>" if levelno >= logging.INFO else "<7>"
+
+
+def on_journal(stream: IO[str], env: Mapping[str, str] | None = None) -> bool:
+    """True if ``stream`` is the journald stream systemd connected (``$JOURNAL_STREAM`` = its dev:inode).
+
+    A child that inherited the variable but writes elsewhere (a pipe, a file) gets plain lines."""
+    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+class JournalFormatter(logging.Formatter):
+    """Every line of ``inner``'s output gets the record's priority prefix (a traceback is several entries)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = journal_prefix(record.levelno)
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+
+
 def setup_logging(fmt: str, level: int | str = logging.INFO, *,
-                  stream: IO[str] | None = None) -> logging.Logger:
+                  stream: IO[str] | None = None, env: Mapping[str, str] | None = None) -> logging.Logger:
     """Log "r1proxy" (and aiohttp warnings) to stderr in ``fmt``; safe to call again on reload."""
     if fmt not in ("plain", "json"):
         raise ValueError(f'log format must be "plain" or "json", got {fmt!r}')
-    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    out = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(out)
     # every configured secret is masked in whatever the formatter produces (r1proxy.redact)
-    handler.setFormatter(RedactingFormatter(JsonFormatter() if fmt == "json" else PlainFormatter()))
+    formatter: logging.Formatter = RedactingFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
+    handler.setFormatter(JournalFormatter(formatter) if on_journal(out, env) else formatter)
     setattr(handler, _HANDLER_MARK, True)
     root = logging.getLogger("r1proxy")
     # aiohttp.access stays below WARNING and so silent: log_request() writes the access line.

@@ -160,6 +160,15 @@ class Metrics:
         """Add the upstream price of a completed upstream call."""
         self._usd_spent += usd
 
+    def totals(self) -> tuple[int, int]:
+        """(requests, cache hits) since start: the heartbeat's status text."""
+        requests = hits = 0
+        for (_model, _status, cache, _stream), n in self._requests.items():
+            requests += n
+            if cache.upper() in HIT_STATES:
+                hits += n
+        return requests, hits
+
     def inc_in_flight(self) -> None:
         self.in_flight += 1
 

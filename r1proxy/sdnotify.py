@@ -60,6 +60,28 @@ def reloading(env: Mapping[str, str] | None = None, *, monotonic_usec: int | Non
     return notify(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading", env)
 
 
+def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of ``WatchdogSec=``), or None when systemd set no watchdog.
+
+    ``$WATCHDOG_PID``, when set, must be this process: a child that inherited the variables does not ping."""
+    env = os.environ if env is None else env
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    pid = env.get("WATCHDOG_PID", "")
+    if usec <= 0 or (pid and pid != str(os.getpid())):
+        return None
+    return usec / 2e6
+
+
+def watchdog(text: str | None = None, env: Mapping[str, str] | None = None) -> bool:
+    """WATCHDOG=1 (the loop is alive), with a STATUS= line when ``text`` is given."""
+    if text is None:
+        return notify("WATCHDOG=1", env)
+    return notify("WATCHDOG=1\nSTATUS=" + " ".join(text.splitlines()), env)
+
+
 def status(text: str, env: Mapping[str, str] | None = None) -> bool:
     """STATUS=<text>, shown by ``systemctl status``; newlines are flattened so they cannot inject fields."""
     return notify("STATUS=" + " ".join(text.splitlines()), env)

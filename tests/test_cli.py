@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from r1proxy.cli import main
+from r1proxy.cli import EXIT_CONFIG, main
 from tests.conftest import UPSTREAM_KEY
 
 
@@ -96,9 +96,9 @@ def test_no_database_yet_and_bad_config(tmp_path: Path, capsys: pytest.CaptureFi
     bad = tmp_path / "bad.toml"
     bad.write_text("[cache]\nttl = true\n")
     code, _, err = run(capsys, "--config", str(bad), "check-config")
-    assert code == 2 and "cache.ttl" in err and str(bad) in err
+    assert code == EXIT_CONFIG and "cache.ttl" in err and str(bad) in err
     code, _, err = run(capsys, "--config", str(tmp_path / "missing.toml"), "check-config")
-    assert code == 2 and "no such config file" in err
+    assert code == EXIT_CONFIG and "no such config file" in err
 
 
 def test_check_config_redacts_the_upstream_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],

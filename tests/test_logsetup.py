@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from r1proxy.logsetup import REDACTED, access_line, log_requests, redact, setup_logging
+from r1proxy.logsetup import REDACTED, access_line, journal_prefix, log_requests, redact, setup_logging
 
 SECRET = "sk-or-v1-0123456789abcdef0123456789abcdef"
 REQUEST = {"request_id": "r-1", "key_name": "laptop", "alias": "deepseek-r1", "status": 200,
@@ -125,3 +127,61 @@ def test_exceptions_are_kept(restore_loggers: None) -> None:
 def test_bad_format_rejected() -> None:
     with pytest.raises(ValueError):
         setup_logging("xml")
+
+
+def journal_env(stream: io.TextIOBase | int) -> dict[str, str]:
+    """$JOURNAL_STREAM as systemd sets it: device:inode of the stderr it connected to journald."""
+    st = os.fstat(stream if isinstance(stream, int) else stream.fileno())
+    return {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+
+
+def test_journal_priority_prefixes(restore_loggers: None, tmp_path: Path) -> None:
+    """Under journald every line starts with <N>, so `journalctl -p warning` finds warnings and errors."""
+    with open(tmp_path / "stderr", "w+") as f:
+        setup_logging("plain", stream=f, env=journal_env(f))
+        lg = logging.getLogger("r1proxy.proxy")
+        lg.info("hello")
+        lg.warning("careful")
+        lg.error("broken")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            lg.exception("failed")
+        log_requests(lg, [REQUEST, REQUEST])
+        f.flush()
+        f.seek(0)
+        lines = f.read().splitlines()
+    assert lines[0].startswith("<6>") and lines[0].endswith("INFO hello")
+    assert lines[1].startswith("<4>") and lines[1].endswith("WARNING careful")
+    assert lines[2].startswith("<3>") and lines[2].endswith("ERROR broken")
+    # a traceback is several journal entries: each keeps the error's priority
+    tb = lines[3:lines.index(next(x for x in lines if "ValueError: boom" in x)) + 1]
+    assert len(tb) > 2 and all(x.startswith("<3>") for x in tb), tb
+    assert [x[:3] for x in lines[-2:]] == ["<6>", "<6>"] and all("request_id=r-1" in x for x in lines[-2:])
+
+
+def test_json_lines_get_the_prefix_too(restore_loggers: None, tmp_path: Path) -> None:
+    with open(tmp_path / "stderr", "w+") as f:
+        setup_logging("json", stream=f, env=journal_env(f))
+        logging.getLogger("r1proxy.proxy").warning("careful")
+        f.flush()
+        f.seek(0)
+        line = f.read()
+    assert line.startswith("<4>{") and json.loads(line[3:])["msg"] == "careful"
+
+
+def test_no_prefix_off_the_journal(restore_loggers: None, tmp_path: Path) -> None:
+    """A terminal, or a JOURNAL_STREAM inherited by a process whose stderr went elsewhere: plain lines."""
+    with open(tmp_path / "stderr", "w+") as f, open(tmp_path / "other", "w") as other:
+        for env in ({}, journal_env(other), {"JOURNAL_STREAM": "garbage"}):
+            setup_logging("plain", stream=f, env=env)
+            logging.getLogger("r1proxy.proxy").warning("careful")
+        f.flush()
+        f.seek(0)
+        lines = f.read().splitlines()
+    assert len(lines) == 3 and not any(x.startswith("<") for x in lines)
+
+
+def test_journal_prefix_levels() -> None:
+    assert [journal_prefix(lv) for lv in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR,
+                                          logging.CRITICAL)] == ["<7>", "<6>", "<4>", "<3>", "<2>"]

@@ -123,10 +123,48 @@ def test_user_unit_exposure(tmp_path: Path) -> None:
     assert score <= MAX_USER_EXPOSURE, out
 
 
-def test_stop_timeout_exceeds_shutdown_timeout() -> None:
+def unit_values(unit: Path, key: str) -> list[str]:
+    return re.findall(rf"^{key}=(.*)$", unit.read_text(), re.MULTILINE)
+
+
+def seconds(value: str) -> float:
+    m = re.fullmatch(r"(\d+)(ms|s|min)?", value.strip())
+    assert m, value
+    return int(m.group(1)) * {"ms": 0.001, "s": 1.0, "min": 60.0, None: 1.0}[m.group(2)]
+
+
+@pytest.mark.parametrize("unit", [SYSTEM_UNIT, USER_UNIT], ids=["system", "user"])
+def test_config_error_ends_in_failed_and_a_crash_restarts(unit: Path) -> None:
+    """A config error exits EXIT_CONFIG, which the unit will not restart; the start limit can trip."""
+    from r1proxy.cli import EXIT_CONFIG
+
+    assert unit_values(unit, "Restart") == ["on-failure"]  # a crash (SIGKILL, exit 1) restarts
+    assert unit_values(unit, "RestartPreventExitStatus") == [str(EXIT_CONFIG)]
+    restart = seconds(unit_values(unit, "RestartSec")[0])
+    interval = seconds(unit_values(unit, "StartLimitIntervalSec")[0])
+    burst = int(unit_values(unit, "StartLimitBurst")[0])
+    # each start of a crash loop costs at least RestartSec: the burst must fit inside the window
+    assert burst * restart < interval, (burst, restart, interval)
+
+
+def test_stop_timeout_covers_the_one_shutdown_deadline() -> None:
+    """TimeoutStopSec = server.shutdown_timeout (the drain, one total deadline) + the margin for the flush."""
     from r1proxy.config import ServerConfig
+    from r1proxy.shutdown import FLUSH_MARGIN_S
 
     for unit in (SYSTEM_UNIT, USER_UNIT):
-        m = re.search(r"^TimeoutStopSec=(\d+)s?$", unit.read_text(), re.MULTILINE)
-        assert m, unit.name
-        assert int(m.group(1)) > ServerConfig().shutdown_timeout + 10, unit.name
+        (stop,) = unit_values(unit, "TimeoutStopSec")
+        assert seconds(stop) == ServerConfig().shutdown_timeout + FLUSH_MARGIN_S, unit.name
+
+
+def test_user_unit_state_dir_does_not_depend_on_the_systemd_version(tmp_path: Path) -> None:
+    """Before systemd 254 a user unit's StateDirectory=/%S is ~/.config: the cache must not go there."""
+    from r1proxy.config import load_config
+
+    settings = [line for line in USER_UNIT.read_text().splitlines() if not line.startswith("#")]
+    assert not unit_values(USER_UNIT, "StateDirectory") and not any("%S" in line for line in settings)
+    env = dict(v.split("=", 1) for line in unit_values(USER_UNIT, "Environment") for v in line.split())
+    home = tmp_path / "home"
+    state = env["R1PROXY_STATE_DIR"].replace("%h", str(home))
+    cfg = load_config(None, env={"HOME": str(home), "R1PROXY_STATE_DIR": state})
+    assert cfg.db_path == home / ".local" / "state" / "r1proxy" / "r1proxy.db"
