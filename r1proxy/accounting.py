@@ -19,11 +19,11 @@ from typing import Any
 from .cache import TieredCache
 from .clock import Clock
 from .config import Config
-from .flight import FailedAttempt
 from .logsetup import log_requests
 from .metrics import Metrics
 from .ratelimit import KeyLimiter
 from .reqlog import RequestLog
+from .route import FailedAttempt
 from .rules import NONE, served_from_cache, utc_day
 from .usage import NO_USAGE, Usage
 

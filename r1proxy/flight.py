@@ -19,91 +19,20 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from .balance import backoff_delay, retry_after_seconds
-from .completion import Assembler, Normalizer, dumps, not_cacheable
-from .config import ModelConfig, RetryConfig, UpstreamConfig
+from .completion import Assembler, Normalizer, not_cacheable
+from .config import RetryConfig, UpstreamConfig
 from .errors import ProxyError, from_upstream
+from .route import FailedAttempt, Hooks, Outcome, Route, explain
 from .rules import NO_FALLBACK, RETRYABLE, is_daily_quota
 from .sse import SSEParser, comment_frame, data_frame
 from .upstream import UpstreamError, open_response, read_error, read_json, request_headers, response_headers
 
 log = logging.getLogger("r1proxy")
-
-@dataclass(slots=True)
-class Route:
-    """One way to answer: an upstream, a deployment, and the body to send it (encoded when first
-    needed: a fallback that is never tried costs nothing)."""
-
-    alias: str
-    upstream: UpstreamConfig
-    payload: dict[str, Any]
-    deployment: ModelConfig | None = None
-    _body: bytes | None = None
-
-    @property
-    def body(self) -> bytes:
-        if self._body is None:
-            self._body = dumps(self.payload)
-        return self._body
-
-    @property
-    def label(self) -> str:
-        model = self.deployment.model if self.deployment else self.alias
-        return f"{self.upstream.name}/{model}"
-
-
-@dataclass(frozen=True, slots=True)
-class FailedAttempt:
-    """One upstream attempt that did not answer: the route, its status (0: no connection), a kind."""
-
-    route: str
-    status: int
-    kind: str
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What the flight learned, for the request log and metrics."""
-
-    route: str = ""
-    ttfb: float | None = None
-    generation_id: str = ""
-    failed: list[FailedAttempt] = field(default_factory=list)  # every failed attempt, in order
-
-
-class Hooks:
-    """Policy seams the flight calls; the gateway supplies pacing, balancing and accounting."""
-
-    async def before_attempt(self, route: Route) -> Any:  # returns a token passed to after_attempt
-        return None
-
-    def after_attempt(self, route: Route, token: Any, status: int, ttfb: float | None,
-                      retry_after: float | None, payload: Any) -> None:
-        return None
-
-    def skip(self, route: Route) -> str | None:
-        """A reason to skip this route now (cooling down, quota exhausted), or None."""
-        return None
-
-    def skip_error(self, route: Route, why: str) -> ProxyError:
-        """What the client sees when ``skip`` left no route to try."""
-        return ProxyError(503, f"{route.label} is unavailable: {why}")
-
-
-def explain(err: ProxyError, route: Route) -> ProxyError:
-    """Add what the user can do about well-known upstream errors."""
-    if is_daily_quota(err.status, err.message):
-        err.headers["x-should-retry"] = "false"  # the SDK would retry twice for nothing
-    elif err.status == 404 and "tool use" in err.message:
-        err.message += (f" (r1proxy: this model has no endpoint with tool support; set tools = \"strip\" "
-                        f"for model alias {route.alias!r} in config.toml, or pick a model that supports tools)")
-    return err
-
 
 class Flight:
     def __init__(self, key: str, stream: bool) -> None:

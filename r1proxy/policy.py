@@ -14,8 +14,8 @@ from .balance import Balancer, retry_after_seconds
 from .clock import Clock
 from .config import Config, ModelConfig
 from .errors import ProxyError
-from .flight import Hooks, Route
 from .pacing import PacerExhausted, PacerTimeout, UpstreamPacer
+from .route import Hooks, Route
 from .rules import is_daily_quota, seconds_to_utc_midnight, upstream_failed
 
 

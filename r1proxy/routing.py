@@ -12,8 +12,8 @@ from typing import Any
 
 from .config import Config, KeyConfig, ModelConfig
 from .errors import ProxyError
-from .flight import Route
 from .policy import UpstreamPolicy
+from .route import Route
 from .templates import prepare
 
 
