@@ -22,6 +22,7 @@ from . import guard, redact, sdnotify, shutdown
 from .appkeys import CLOCK_KEY, CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY
 from .cache import CacheTier, MemoryTier, NullCache, TieredCache
 from .cache.sqlite import SqliteTier
+from .cache.zdict import Compression
 from .clock import Clock
 from .config import Config, ConfigError, load_config
 from .db import Database, DatabaseUnavailable
@@ -75,14 +76,16 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     cache: TieredCache = NullCache()
     if config.cache.enabled:
         memory = MemoryTier(int(config.cache.memory_mb * 1024 * 1024)) if config.cache.memory_mb else None
+        compression = Compression(db=db)
+        await compression.load()  # the newest trained dictionary set, if any (`r1proxy cache train-dict`)
         disk = SqliteTier(db, max_bytes=int(config.cache.max_disk_mb * 1024 * 1024),
-                          stale_if_error=config.cache.stale_if_error)
+                          stale_if_error=config.cache.stale_if_error, compression=compression)
         tiers: list[CacheTier] = [disk]
         if config.cache.redis.enabled:
             from .cache.redistier import RedisTier, connect
 
             tiers.append(RedisTier(connect(config.cache.redis), config.cache.redis,
-                                   stale_if_error=config.cache.stale_if_error))
+                                   stale_if_error=config.cache.stale_if_error, compression=compression))
         cache = TieredCache(memory, tiers)
     app[STORE_KEY] = Store(db, cache, RequestLog(db))
     try:

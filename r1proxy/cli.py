@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     pg.add_argument("--older-than", metavar="AGE", help='created before AGE ago, e.g. "7d", "12h"')
     pg.add_argument("--all", action="store_true", help="every entry")
     csub.add_parser("vacuum", help="reclaim free space in the database file")
+    td = csub.add_parser("train-dict", help="train a zstd dictionary from stored entries (new entries use it "
+                                            "after the server restarts; old ones stay readable)")
+    td.add_argument("--samples", type=int, default=2000, help="entries to learn from (default 2000)")
     csub.add_parser("path", help="print the database path (for sqlite3)")
     bk = csub.add_parser("backup", help="copy the database to PATH (VACUUM INTO; safe while serving)")
     bk.add_argument("dest", metavar="PATH")
@@ -91,13 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ops.logs(config, args.n, args.follow, args.errors)
         if args.cmd == "cache":
             if args.cache_cmd is None:
-                print("r1proxy: cache needs an action: ls, show, purge, vacuum, path or backup (see --help)",
+                print("r1proxy: cache needs an action: ls, show, purge, vacuum, train-dict, path or backup "
+                      "(see --help)",
                       file=sys.stderr)
                 return 2
             if args.cache_cmd == "purge" and not (args.model or args.older_than or args.all):
                 print("r1proxy: purge needs --model, --older-than or --all", file=sys.stderr)
                 return 2
-            kw = {k: getattr(args, k) for k in ("model", "older_than", "all", "key", "dest") if hasattr(args, k)}
+            kw = {k: getattr(args, k) for k in ("model", "older_than", "all", "key", "dest", "samples")
+                  if hasattr(args, k)}
             if args.cache_cmd == "ls":
                 kw["limit"] = args.n
             return ops.cache(config, args.cache_cmd, **kw)

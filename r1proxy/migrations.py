@@ -189,6 +189,26 @@ def m005_request_prompt(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE requests ADD COLUMN prompt TEXT")
 
 
+@migration
+def m030_zstd_dicts(conn: sqlite3.Connection) -> None:
+    # Trained zstd dictionaries (r1proxy.cache.zdict), kept forever: every entry names the set it was
+    # compressed with (dict_id; 0 = plain zstd, which every entry before this migration is).
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS zstd_dicts (
+            id INTEGER PRIMARY KEY,
+            created_at REAL NOT NULL,
+            samples INTEGER NOT NULL DEFAULT 0,
+            body BLOB NOT NULL,
+            request BLOB
+        )
+        """
+    )
+    cols = {row[1] for row in conn.execute("PRAGMA table_info(cache_entries)")}
+    if "dict_id" not in cols:
+        conn.execute("ALTER TABLE cache_entries ADD COLUMN dict_id INTEGER NOT NULL DEFAULT 0")
+
+
 def migrate(conn: sqlite3.Connection, *, now: float | None = None) -> list[str]:
     """Apply every missing migration, each in its own transaction; returns the names applied.
 

@@ -149,6 +149,8 @@ async def _cache(config: Config, action: str, **kw: Any) -> int:
                 raise OpsError(str(e)) from None
             print(f"purged {n} entr{'y' if n == 1 else 'ies'} (a running server may still hold some in memory "
                   "until restart)")
+        elif action == "train-dict":
+            await _train_dict(db, kw.get("samples", 2000))
         elif action == "vacuum":
             await db.flush()
             before = config.db_path.stat().st_size
@@ -163,6 +165,24 @@ async def _cache(config: Config, action: str, **kw: Any) -> int:
         return 0
     finally:
         await db.close()
+
+
+async def _train_dict(db: Database, samples: int) -> None:
+    from .cache.zdict import Compression, measure, recent_raw, train
+
+    comp = Compression(db=db)
+    await comp.load()
+    try:
+        dict_id, n = await train(db, comp, samples=samples)
+    except ValueError as e:
+        raise OpsError(str(e)) from None
+    print(f"trained zstd dictionary {dict_id} from {n} entries; restart the server to write with it "
+          "(entries compressed before stay readable)")
+    for name, m in measure(comp, dict_id, *await recent_raw(db, comp, samples)).items():
+        if m["n"]:
+            print(f"  {name:<9} {m['n']} sampled: {_human(m['raw'])} raw → {_human(m['plain'])} plain zstd "
+                  f"({m['raw'] / max(1, m['plain']):.1f}×) → {_human(m['dict'])} with the dictionary "
+                  f"({m['raw'] / max(1, m['dict']):.1f}×; measured on the entries it learnt from)")
 
 
 def cache(config: Config, action: str, **kw: Any) -> int:

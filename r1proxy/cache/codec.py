@@ -3,7 +3,8 @@
 Layout: a fixed header ``<4s I I I I`` (magic ``R1E1``, dictionary id, metadata length, body length,
 raw bytes), the metadata as compact JSON, the completion as a zstd frame, then the canonical request
 as a zstd frame (possibly empty). The body and request frames are exactly what the SQLite tier keeps
-in its ``body`` and ``request`` columns. Dictionary id 0 means plain zstd. The header alone
+in its ``body`` and ``request`` columns, compressed with the dictionary set the header names (0 means
+plain zstd; ``zdict``). Decoding an entry whose set is unknown raises ``UnknownDictionary``. The header alone
 (``HEADER_SIZE`` bytes) tells a value's raw size, so stats never decode whole values. Hit counts are
 not part of the value: they change after it is written.
 """
@@ -17,6 +18,7 @@ from typing import Any
 import zstandard
 
 from r1proxy.cache.entry import CacheEntry
+from r1proxy.cache.zdict import Compression
 
 MAGIC = b"R1E1"
 _HEADER = struct.Struct("<4sIIII")
@@ -30,31 +32,29 @@ class CodecError(ValueError):
 
 
 class Codec:
-    """Encodes and decodes entries; holds one compressor and one decompressor (not thread-safe)."""
+    """Encodes and decodes entries with a (shared) ``Compression`` (one event-loop thread)."""
 
-    def __init__(self, level: int = 3) -> None:
-        self._cctx = zstandard.ZstdCompressor(level=level)
-        self._dctx = zstandard.ZstdDecompressor()
+    def __init__(self, compression: Compression | None = None) -> None:
+        self.compression = compression or Compression()
 
     def encode(self, e: CacheEntry) -> bytes:
+        c = self.compression
         raw_body = json.dumps(e.completion, ensure_ascii=False, separators=(",", ":")).encode()
-        body = self._cctx.compress(raw_body)
-        request = self._cctx.compress(e.request) if e.request else b""
+        body = c.compress_body(raw_body)
+        request = c.compress_request(e.request) if e.request else b""
         meta = json.dumps({k: getattr(e, k) for k in _META}, ensure_ascii=False, separators=(",", ":")).encode()
         raw = len(raw_body) + len(e.request)
-        return _HEADER.pack(MAGIC, 0, len(meta), len(body), raw) + meta + body + request
+        return _HEADER.pack(MAGIC, c.current, len(meta), len(body), raw) + meta + body + request
 
     def decode(self, value: bytes, *, hits: int = 0, last_hit_at: float = 0.0) -> CacheEntry:
         dict_id, meta_len, body_len, raw = header(value)
-        if dict_id != 0:
-            raise CodecError(f"entry needs zstd dictionary {dict_id}, which this process does not have")
         start = HEADER_SIZE
         try:
             meta = json.loads(value[start:start + meta_len])
             body = value[start + meta_len:start + meta_len + body_len]
             rest = value[start + meta_len + body_len:]
-            completion = json.loads(self._dctx.decompress(body))
-            request = self._dctx.decompress(rest) if rest else b""
+            completion = json.loads(self.compression.decompress_body(body, dict_id))
+            request = self.compression.decompress_request(rest, dict_id) if rest else b""
         except (zstandard.ZstdError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CodecError(f"damaged entry: {e}") from None
         if not isinstance(meta, dict) or not isinstance(completion, dict):

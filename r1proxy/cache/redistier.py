@@ -24,6 +24,7 @@ from typing import Any
 from r1proxy.cache.breaker import Breaker
 from r1proxy.cache.codec import HEADER_SIZE, Codec, CodecError, header
 from r1proxy.cache.entry import CacheEntry, TierStats
+from r1proxy.cache.zdict import Compression, UnknownDictionary, unpack
 from r1proxy.config import ConfigError, RedisConfig
 
 log = logging.getLogger("r1proxy.redis")
@@ -77,7 +78,8 @@ class RedisTier:
     name = "redis"
 
     def __init__(self, client: Any, cfg: RedisConfig, *, stale_if_error: float = 0.0, queue_size: int = 1024,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 compression: Compression | None = None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.cfg = cfg
         self.prefix = cfg.prefix
@@ -87,7 +89,9 @@ class RedisTier:
         self.stale_if_error = stale_if_error
         self.breaker = Breaker("redis", cfg.breaker_failures, cfg.breaker_reset, clock=monotonic, logger=log)
         self.counters = RedisCounters()
-        self.codec = Codec()
+        self.codec = Codec(compression)
+        self.compression = self.codec.compression
+        self._dict_published: dict[int, float] = {}  # dictionary set id -> monotonic time last written to Redis
         self._clock = clock
         self._mono = monotonic
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(maxsize=queue_size)
@@ -100,6 +104,9 @@ class RedisTier:
 
     def hits_key(self, key: str) -> str:
         return f"{self.prefix}h:{{{key}}}"
+
+    def dict_key(self, dict_id: int) -> str:
+        return f"{self.prefix}zdict:{dict_id}"
 
     @property
     def degraded(self) -> str:
@@ -135,7 +142,11 @@ class RedisTier:
             self.counters.misses += 1
             return None
         try:
-            entry = self.codec.decode(value, hits=int(hits or 0), last_hit_at=float(last or 0.0))
+            entry = await self._decode(value, int(hits or 0), float(last or 0.0))
+        except UnknownDictionary as e:  # written by a process whose dictionary did not reach us: a miss
+            self.counters.misses += 1
+            log.warning("redis entry %s: %s", key, e)
+            return None
         except (CodecError, TypeError, ValueError) as e:
             self.counters.damaged += 1
             log.error("redis entry %s is unusable (%s); deleting it", key, e)
@@ -148,6 +159,24 @@ class RedisTier:
             return None
         self.counters.hits += 1
         return entry
+
+    async def _decode(self, value: bytes, hits: int, last: float) -> CacheEntry:
+        """Decode, first fetching from Redis a dictionary set this process has not seen (bounded)."""
+        dict_id = header(value)[0]
+        if not self.compression.has(dict_id) and self.breaker.allow():
+            try:
+                async with asyncio.timeout(self.timeout):
+                    packed = await self.client.get(self.dict_key(dict_id))
+            except Exception as e:
+                self._failed(e)
+                raise UnknownDictionary(dict_id) from None
+            self.breaker.success()
+            try:
+                if packed is not None:
+                    self.compression.add(dict_id, *unpack(packed))
+            except ValueError:
+                log.error("redis: the dictionary set %d stored in Redis is damaged", dict_id)
+        return self.codec.decode(value, hits=hits, last_hit_at=last)
 
     # ---- writes: queued, never awaited by a reply -------------------------------------------------
 
@@ -218,6 +247,16 @@ class RedisTier:
         pipe = self.client.pipeline(transaction=False)
         answers: list[tuple[int, asyncio.Future[bool] | None]] = []  # (index of the DEL result, its future)
         n = 0
+        current, publishing = self.compression.current, False
+        last_published = self._dict_published.get(current)
+        if current and any(op[0] == "set" for op in batch) and (
+                last_published is None or self._mono() - last_published > 3600):
+            # every process must be able to read what we write: the set outlives the entries using it
+            body_req = self.compression.packed(current)
+            if body_req is not None:
+                pipe.set(self.dict_key(current), body_req, ex=int(self.cfg.ttl) + 86400)
+                n += 1
+                publishing = True
         for op in batch:
             if op[0] == "set":
                 _, key, value, ex, hits, last = op
@@ -246,6 +285,8 @@ class RedisTier:
             self._drop(batch)
             return
         self.breaker.success()
+        if publishing:
+            self._dict_published[current] = self._mono()
         self.counters.writes += sum(1 for op in batch if op[0] == "set")
         for i, fut in answers:
             if fut is not None and not fut.done():

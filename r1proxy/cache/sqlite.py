@@ -1,7 +1,8 @@
 """The on-disk cache tier: ``cache_entries`` rows in the shared ``Database``.
 
 Metadata sits in plain columns; the completion (compact JSON) and the canonical request are
-zstd blobs. Writes (put, touch) are queued on the database writer and never fail a caller;
+zstd blobs, compressed with the trained dictionary set the row names in ``dict_id`` (0 = none;
+see ``zdict``). Writes (put, touch) are queued on the database writer and never fail a caller;
 reads that hit a damaged row log it, drop the row and report a miss. Eviction (expired past
 the stale window, then least recently used down to 90% of the byte cap) runs in the
 background every ``evict_every`` puts, and on demand via ``evict(now)``. A put is visible to
@@ -23,13 +24,14 @@ from typing import Any
 import zstandard
 
 from r1proxy.cache.entry import CacheEntry, TierStats
+from r1proxy.cache.zdict import Compression, UnknownDictionary
 from r1proxy.db import Database
 
 log = logging.getLogger(__name__)
 
 _COLUMNS = ("key", "namespace", "model", "created_at", "last_hit_at", "hits", "expires_at",
             "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost", "raw_bytes",
-            "stored_bytes", "preview_user", "preview_answer", "body", "request")
+            "stored_bytes", "preview_user", "preview_answer", "dict_id", "body", "request")
 _PUT = (f"INSERT OR REPLACE INTO cache_entries ({', '.join(_COLUMNS)}) "
         f"VALUES ({', '.join('?' * len(_COLUMNS))})")
 _GET = f"SELECT {', '.join(_COLUMNS)} FROM cache_entries WHERE key = ?"
@@ -64,7 +66,7 @@ class SqliteTier:
     name = "sqlite"
 
     def __init__(self, db: Database, *, max_bytes: int = 0, stale_if_error: float = 0.0,
-                 evict_every: int = 256, level: int = 3,
+                 evict_every: int = 256, level: int = 3, compression: Compression | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.max_bytes = max(0, int(max_bytes))
@@ -72,8 +74,7 @@ class SqliteTier:
         self.evict_every = max(1, evict_every)
         self.evicted = 0
         self._clock = clock
-        self._cctx = zstandard.ZstdCompressor(level=level)
-        self._dctx = zstandard.ZstdDecompressor()
+        self.compression = compression or Compression(level, db)
         self._puts_since_evict = 0
         self._evicting: asyncio.Task[int] | None = None
         self._pending: dict[str, tuple[CacheEntry, int]] = {}  # put, row maybe not committed yet (write seq)
@@ -101,6 +102,9 @@ class SqliteTier:
             return None
         try:
             return self._decode(row)
+        except UnknownDictionary as e:  # never deleted: a dictionary row lost is the thing to fix
+            log.error("cache entry %s cannot be read: %s", key, e)
+            return None
         except (zstandard.ZstdError, ValueError, TypeError) as e:
             log.error("cache entry %s is damaged (%s); deleting it", key, e)
             self.db.submit(_DELETE, (key,))
@@ -215,18 +219,19 @@ class SqliteTier:
 
     def _encode(self, e: CacheEntry) -> tuple[Any, ...]:
         raw_body = json.dumps(e.completion, ensure_ascii=False, separators=(",", ":")).encode()
-        body = self._cctx.compress(raw_body)
-        request = self._cctx.compress(e.request) if e.request else b""
+        c = self.compression
+        body = c.compress_body(raw_body)
+        request = c.compress_request(e.request) if e.request else b""
         return (e.key, e.namespace, e.model, e.created_at, e.last_hit_at or None, e.hits,
                 e.expires_at, e.prompt_tokens, e.completion_tokens, e.reasoning_tokens, e.cost,
                 len(raw_body) + len(e.request), len(body) + len(request), e.preview_user,
-                e.preview_answer, body, request)
+                e.preview_answer, c.current, body, request)
 
     def _decode(self, row: Any) -> CacheEntry:
         (key, namespace, model, created_at, last_hit_at, hits, expires_at, prompt_tokens,
          completion_tokens, reasoning_tokens, cost, raw_bytes, _stored, preview_user,
-         preview_answer, body, request) = row
-        raw_body = self._dctx.decompress(body)
+         preview_answer, dict_id, body, request) = row
+        raw_body = self.compression.decompress_body(body, dict_id or 0)
         completion = json.loads(raw_body)
         if not isinstance(completion, dict):
             raise TypeError("stored completion is not a JSON object")
@@ -235,7 +240,7 @@ class SqliteTier:
         return CacheEntry(
             key=key, completion=completion, created_at=created_at or 0.0,
             expires_at=expires_at or 0.0, model=model or "", namespace=namespace or "",
-            request=self._dctx.decompress(request) if request else b"",
+            request=self.compression.decompress_request(request, dict_id or 0) if request else b"",
             prompt_tokens=prompt_tokens or 0, completion_tokens=completion_tokens or 0,
             reasoning_tokens=reasoning_tokens or 0, cost=cost or 0.0, hits=hits or 0,
             last_hit_at=last_hit_at or 0.0, preview_user=preview_user or "",
