@@ -158,6 +158,18 @@ class RedisConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SemanticConfig:
+    """``[cache.semantic]``: the opt-in near-duplicate tier (r1proxy/cache/semantic)."""
+
+    enabled: bool = False
+    threshold: float = 0.95
+    keys: tuple[str, ...] = ()
+    model_dir: str = ""
+    max_ram_mb: float = 64.0
+    candidates: int = 5
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     enabled: bool = True
     memory_mb: float = 256.0
@@ -171,6 +183,7 @@ class CacheConfig:
     share: str = "all"
     finish_on_disconnect_max: float = 600.0
     redis: RedisConfig = field(default_factory=RedisConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,8 +385,14 @@ def build_config(raw: Mapping[str, Any], *, source: str = "(in memory)",
         p.fail("keys", "two keys share a name")
 
     cache_raw = dict(p.table(raw.get("cache", {}), "cache"))
+    semantic = p.section(SemanticConfig, cache_raw.pop("semantic", {}), "cache.semantic")
+    if not 0.0 < semantic.threshold <= 1.0:
+        p.fail("cache.semantic.threshold", f"must be a cosine similarity in (0, 1], got {semantic.threshold!r}")
+    if semantic.candidates < 1:
+        p.fail("cache.semantic.candidates", "must be at least 1")
     cache = p.section(CacheConfig, {k: v for k, v in cache_raw.items() if k != "redis"}, "cache",
-                      skip={"redis"})
+                      skip={"redis", "semantic"})
+    cache = replace(cache, semantic=semantic)
     if "redis" in cache_raw:
         cache = replace(cache, redis=_redis(p, cache_raw["redis"], env))
     for i, pat in enumerate(cache.ignore_patterns):

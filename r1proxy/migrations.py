@@ -209,6 +209,33 @@ def m030_zstd_dicts(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE cache_entries ADD COLUMN dict_id INTEGER NOT NULL DEFAULT 0")
 
 
+@migration
+def m040_semantic_vectors(conn: sqlite3.Connection) -> None:
+    # The opt-in semantic tier (cache/semantic): one row per cache entry it may match, beside
+    # that entry. ``partition`` is the key of everything but the final user text; ``vector`` is
+    # float32 little-endian (384 x 4 bytes: float16 would halve it, but converting it back costs
+    # more than the search). A deleted entry (purge, eviction, expiry) takes its
+    # vector with it, so a purged wrong source can never match again.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS semantic_vectors (
+            key TEXT PRIMARY KEY,
+            partition TEXT NOT NULL,
+            text TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            created_at REAL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_semantic_vectors_partition ON semantic_vectors(partition)")
+    conn.execute(
+        """
+        CREATE TRIGGER IF NOT EXISTS trg_cache_entries_semantic_delete AFTER DELETE ON cache_entries
+        BEGIN DELETE FROM semantic_vectors WHERE key = old.key; END
+        """
+    )
+
+
 def migrate(conn: sqlite3.Connection, *, now: float | None = None) -> list[str]:
     """Apply every missing migration, each in its own transaction; returns the names applied.
 

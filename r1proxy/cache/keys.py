@@ -17,6 +17,8 @@ from typing import Any
 import xxhash
 
 KEY_VERSION = "r1"
+SEMANTIC_VERSION = "r1s"  # semantic partition keys: never equal to an entry key
+SLOT = "\u2400text"  # stands for the free text a semantic partition leaves out
 
 # Fields that never change the model's output: transport, accounting, client bookkeeping.
 NON_OUTPUT_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "cache", "usage"})
@@ -54,6 +56,13 @@ class KeyMaker:
         """(key, canonical request bytes) for a request body as sent upstream."""
         canon = self.canonical(upstream, body, namespace, partition)
         return self.key(canon), canon
+
+    def semantic_key(self, upstream: str, slotted: dict[str, Any], namespace: str = "", partition: str = "") -> str:
+        """The semantic partition of a request: the key of its canonical form (same namespace and
+        ``cache.share`` partition as its cache key) with the final user text replaced by ``SLOT``
+        (the caller does that; see ``cache/semantic/partition.py``). Never equal to a cache key."""
+        canon = self.canonical(upstream, slotted, namespace, partition)
+        return f"{SEMANTIC_VERSION}:{xxhash.xxh3_128_hexdigest(canon)}"
 
     def _text(self, s: str) -> str:
         if "\r" in s:
