@@ -56,9 +56,42 @@ class ProxyError(Exception):
             err["metadata"] = self.metadata
         return {"error": redact.data(err)}
 
+    def stream_event(self) -> dict[str, Any]:
+        """The error as a final SSE data event (headers already went out): ``message`` is the one
+        field Roo shows, so it carries the status and the upstream's ``metadata.raw``."""
+        err = self.body()["error"]
+        err["message"] = redact.text(stream_message(self.status, self.message, self.metadata))
+        return {"error": err, "choices": []}
+
     def response(self) -> web.Response:
         return web.Response(status=self.status, body=json.dumps(self.body()).encode(),
                             content_type="application/json", headers=redact.headers(self.headers))
+
+
+def stream_message(status: Any, message: str, metadata: Any) -> str:
+    """``"429 Provider returned error (deepseek/deepseek-r1 is temporarily rate-limited upstream)"``."""
+    text = message if not status or message.startswith(str(status)) else f"{status} {message}"
+    raw = metadata.get("raw") if isinstance(metadata, Mapping) else None
+    if isinstance(raw, str) and raw and raw not in text:
+        text += f" ({raw[:1000]})"
+    return text
+
+
+def explain_in_stream(err: Any) -> dict[str, Any]:
+    """An upstream's own in-stream ``error`` object with its status and ``metadata.raw`` in ``message``."""
+    if not isinstance(err, dict):
+        return {"message": stream_message(502, str(err), None)}
+    code = err.get("code")
+    status = code if isinstance(code, int) and 400 <= code < 600 else 502
+    return {**err, "message": stream_message(status, str(err.get("message") or "upstream error"), err.get("metadata"))}
+
+
+def in_stream_error(err: Any) -> ProxyError:
+    """The flight's error for an upstream's in-stream ``error`` object (already through explain_in_stream)."""
+    err = err if isinstance(err, dict) else {"message": str(err)}
+    meta = err.get("metadata")
+    return ProxyError(502, str(err.get("message", "upstream error")), type="upstream_error", code=err.get("code"),
+                      metadata=meta if isinstance(meta, dict) else None)
 
 
 def bad_request(message: str, param: str | None = None) -> ProxyError:

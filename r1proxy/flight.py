@@ -14,7 +14,6 @@ flight's lifecycle.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -26,11 +25,11 @@ import aiohttp
 from .balance import backoff_delay, retry_after_seconds
 from .completion import Assembler, Normalizer, not_cacheable
 from .config import RetryConfig, UpstreamConfig
-from .errors import ProxyError, from_upstream
+from .errors import ProxyError, explain_in_stream, from_upstream, in_stream_error
 from .route import FailedAttempt, Hooks, Outcome, Route, explain
-from .rules import NO_FALLBACK, RETRYABLE, is_daily_quota
-from .sse import SSEParser, comment_frame, data_frame
-from .upstream import UpstreamError, open_response, read_error, read_json, request_headers, response_headers
+from .rules import NO_FALLBACK, RETRYABLE, final, is_daily_quota
+from .sse import DEFAULT_MAX_EVENT, EventTooLarge, SSEParser, comment_frame, data_frame
+from .upstream import UpstreamError, open_response, read_body, read_error, request_headers, response_headers, sse_json
 
 log = logging.getLogger("r1proxy")
 
@@ -52,6 +51,7 @@ class Flight:
         self.outcome = Outcome()
         self.followers = 0
         self.task: asyncio.Task[None] | None = None
+        self.max_event = DEFAULT_MAX_EVENT  # stream.max_event_mb
         self._ev = asyncio.Event()
 
     def _notify(self) -> None:
@@ -117,13 +117,13 @@ class Flight:
                 await asyncio.sleep(delay)
             if last is not None and last.status in NO_FALLBACK:
                 break
-        self._fail(last or ProxyError(503, "No route could serve this model"))
+        self._fail(final(last or ProxyError(503, "No route could serve this model"), len(self.outcome.failed)))
 
     def _fail(self, err: ProxyError) -> None:
         self.error = err
         if self.started and self.stream:
             self.error_in_stream = True
-            self.items.append({"error": err.body()["error"], "choices": []})
+            self.items.append(err.stream_event())
         self._notify()
 
     async def _attempt(self, session: aiohttp.ClientSession, route: Route, client_headers: dict[str, str],
@@ -153,7 +153,7 @@ class Flight:
             retry_after = retry_after_seconds(resp.headers)
             ctype = resp.headers.get("Content-Type", "")
             if status != 200:
-                payload = await read_json(resp, up)
+                payload = (await read_body(resp, up))[0]
                 err = explain(from_upstream(status, payload, up.name, headers=response_headers(resp.headers)),
                               route)
                 self.outcome.failed.append(FailedAttempt(route.label, status, f"http_{status}"))
@@ -165,8 +165,9 @@ class Flight:
             if "text/event-stream" in ctype:
                 problem = await self._read_stream(resp, up)
             else:
-                payload = await read_json(resp, up)
+                payload, clean = await read_body(resp, up)
                 problem = self._take_json(payload, up)
+                self.cacheable = self.cacheable and clean  # bytes that were not UTF-8: relayed, not kept
             failed = problem or self.error
             if failed is not None:  # a 200 that carried an error, or a stream that broke off
                 kind = failed.code if isinstance(failed.code, str) else "error_in_reply"
@@ -198,7 +199,7 @@ class Flight:
         return None
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, up: UpstreamConfig) -> ProxyError | None:
-        parser, norm, asm = SSEParser(), Normalizer(), Assembler()
+        parser, norm, asm = SSEParser(self.max_event), Normalizer(), Assembler()
         self.started = True
         self._notify()
         try:
@@ -216,15 +217,15 @@ class Flight:
                     if text == "[DONE]":
                         asm.done = True
                         continue
-                    try:
-                        chunk = json.loads(text)
-                    except ValueError:
-                        continue  # never relay a non-JSON data line (openai-node would throw)
+                    chunk = sse_json(text, up)
                     if not isinstance(chunk, dict):
-                        continue
+                        continue  # never relay a non-JSON data line (openai-node would throw)
+                    edited = "error" in chunk
+                    if edited:  # the one field Roo shows: give it the status and metadata.raw
+                        chunk["error"] = explain_in_stream(chunk["error"])
                     norm.chunk(chunk)
                     asm.feed(chunk)
-                    if not norm.changed and "\n" not in text:  # a multi-line data field needs re-framing
+                    if not norm.changed and not edited and "\n" not in text:  # a multi-line data field needs re-framing
                         self.raw[len(self.items)] = data_frame(text.encode())
                     self.items.append(chunk)
                     self.data_count += 1
@@ -232,14 +233,10 @@ class Flight:
                         # the first token goes out now, not after the rest of this read is processed
                         self._notify()
                         await asyncio.sleep(0)
-                    if "error" in chunk:
-                        err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-                        meta = err.get("metadata")
-                        self.error = ProxyError(502, str(err.get("message", "upstream error")), type="upstream_error",
-                                                code=err.get("code"), metadata=meta if isinstance(meta, dict) else None)
-                        self.error_in_stream = True
+                    if edited:
+                        self.error, self.error_in_stream = in_stream_error(chunk["error"]), True
                 self._notify()
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        except (aiohttp.ClientError, OSError, TimeoutError, EventTooLarge, UpstreamError) as e:
             if not self.data_count:
                 return read_error(up, e)
             self._fail(read_error(up, e))
@@ -253,7 +250,7 @@ class Flight:
                                        "incomplete", type="upstream_error", code="incomplete_stream"))
             return None
         self.result = asm.completion()
-        self.cacheable = not_cacheable(self.result) is None
+        self.cacheable = not_cacheable(self.result) is None and not parser.invalid_utf8
         return None
 
 

@@ -14,6 +14,8 @@ import logging
 import re
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import aiohttp
@@ -241,9 +243,11 @@ class Gateway:
             routes = self.router.routes(ident.model, ident.deployments, ident.body)
             flight = self.flights.start(cache_key, ident.stream, routes, dict(request.headers), store=cc.store,
                                         on_done=self._storer(cache_key, cc, ident.canonical, rec.upstream_model))
+            flight.max_event = self.config.stream.max_event_bytes
         mode = ident.first.reasoning
         find_stale = self._stale_finder(cache_key, cc)
-        with self.flights.following(flight, finish_alone=self.config.cache.finish_on_disconnect):
+        with self._alone_at_most(flight), self.flights.following(flight,
+                                                                 finish_alone=self.config.cache.finish_on_disconnect):
             if ident.stream:
                 answer = await StreamFollower(request, rec, flight, mode, self.config.stream, find_stale,
                                               self.clock).run()
@@ -252,6 +256,23 @@ class Gateway:
         if isinstance(answer, Stale):
             return self._serve(rec, answer.entry, "", ident.stream, mode, STALE)
         return answer
+
+    @contextmanager
+    def _alone_at_most(self, flight: Flight) -> Iterator[None]:
+        """Once the last client left, a flight finishing for the cache alone gets at most
+        ``cache.finish_on_disconnect_max`` more (not the upstream's total_timeout)."""
+        try:
+            yield
+        finally:
+            cap = self.config.cache.finish_on_disconnect_max
+            task = flight.task
+            if flight.followers <= 0 and not flight.finished and task is not None and cap > 0:
+                def abandon() -> None:
+                    if flight.followers <= 0 and not flight.finished:
+                        log.info("stopped reading an answer nobody waited for after %gs "
+                                 "(cache.finish_on_disconnect_max)", cap)
+                        task.cancel()
+                asyncio.get_running_loop().call_later(cap, abandon)
 
     def _stale_finder(self, cache_key: str, cc: CacheControl) -> FindStale:
         if not cache_key or not self.cache.enabled:

@@ -27,6 +27,7 @@ class UpstreamPolicy(Hooks):
         self._now = now
         self.pacers: dict[int, UpstreamPacer] = {}
         self.balancers: dict[str, Balancer[ModelConfig]] = {}
+        self.daily_advice: dict[int, str] = {}  # deployment -> the upstream's daily-quota message
         for alias, deps in config.aliases().items():
             for d in deps:
                 self.pacers[id(d)] = UpstreamPacer(d.rpm, d.max_parallel, name=f"{d.upstream}/{d.model}", now=now)
@@ -61,12 +62,16 @@ class UpstreamPolicy(Hooks):
             return "cooling down after repeated failures"
         return None
 
+    def _advice(self, route: Route) -> str:
+        said = self.daily_advice.get(id(route.deployment))
+        return f" (OpenRouter: {said})" if said else ""
+
     def skip_error(self, route: Route, why: str) -> ProxyError:
         pacer = self.pacers.get(id(route.deployment))
         left = pacer.daily_exhausted_until - self._now() if pacer is not None else 0.0
         if left > 0:  # a 429 the SDK must not retry, as for the upstream's own daily-quota 429
             return ProxyError(429, f"{route.label}: the free daily quota is used up; it resets in "
-                                   f"{left / 3600:.1f} h", code=429,
+                                   f"{left / 3600:.1f} h{self._advice(route)}", code=429,
                               headers={"x-should-retry": "false", "Retry-After": str(max(1, round(left)))})
         return super().skip_error(route, why)
 
@@ -80,7 +85,7 @@ class UpstreamPolicy(Hooks):
                 await pacer.acquire(dep.max_queue_s)
             except PacerExhausted as e:
                 raise ProxyError(429, f"{route.label}: the free daily quota is used up; it resets in "
-                                      f"{e.retry_after / 3600:.1f} h", code=429,
+                                      f"{e.retry_after / 3600:.1f} h{self._advice(route)}", code=429,
                                  headers={"x-should-retry": "false"}) from None
             except PacerTimeout as e:
                 raise ProxyError(429, f"{route.label}: waited {e.waited_s:.0f}s in the upstream queue "
@@ -115,5 +120,6 @@ class UpstreamPolicy(Hooks):
             hdrs = meta.get("headers") if isinstance(meta, dict) else None
             reset = retry_after_seconds(hdrs) if isinstance(hdrs, dict) else None
             pacer.mark_daily_exhausted(reset or seconds_to_utc_midnight(self.clock.now()))
+            self.daily_advice[id(dep)] = message[:300]  # OpenRouter's own words ("Add 10 credits to …")
         elif retry_after:
             pacer.cool_down(retry_after)  # queued requests wait it out instead of failing

@@ -213,7 +213,7 @@ class StreamFollower:
             else:
                 # headers already went out (keep-alives): the error must be a final data event
                 rec.status, rec.error_type = flight.error.status, flight.error.type
-                await self._write(sse.data_frame(dumps(flight.error.body())))
+                await self._write(sse.data_frame(dumps(flight.error.stream_event())))
         elif flight.error is not None:
             rec.status, rec.error_type = flight.error.status, flight.error.type
         else:

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .errors import ProxyError
 
 # X-Cache values. HIT/STALE come from a stored entry; COALESCED followed another request's
 # upstream call; MISS made the call (and pays for it); BYPASS/NONE did not use the cache.
@@ -54,3 +58,13 @@ def seconds_to_utc_midnight(now: float) -> float:
 def sql_in(values: Iterable[str]) -> str:
     """A SQL ``IN`` list literal, e.g. ``('COALESCED', 'HIT', 'STALE')`` (sorted: stable DDL)."""
     return "(" + ", ".join(f"'{v}'" for v in sorted(values)) + ")"
+
+
+def final(err: ProxyError, tries: int) -> ProxyError:
+    """Mark an error the client must not retry: r1proxy already retried it, or retrying cannot help.
+
+    The openai SDK inside Roo retries 408/409/429/5xx twice unless told ``x-should-retry: false``
+    (a Retry-After the upstream sent stays)."""
+    if tries > 1 or err.status not in RETRYABLE:
+        err.headers.setdefault("x-should-retry", "false")
+    return err

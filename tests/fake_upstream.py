@@ -63,6 +63,8 @@ class Script:
     tool_call: bool | None = None        # force (True) or forbid (False) the tool-call answer
     provider: str = "FakeProvider"
     usage: dict[str, Any] | None = None  # override the usage object
+    raw_body: bytes | None = None        # a 200 application/json reply of exactly these bytes
+    raw_stream: bytes | None = None      # a 200 text/event-stream reply of exactly these bytes
     echo_headers: bool = False           # a careless upstream: errors, comments and a response header
                                          # quote the request headers (Authorization included)
 
@@ -232,6 +234,10 @@ class FakeOpenRouter:
                 meta = {"raw": self.echo, "headers": dict(request.headers), "provider_name": s.provider}
                 headers = {**(headers or {}), "openrouter-provider": request.headers.get("Authorization", "")}
             return self._error(s.status, message, headers=headers, metadata=meta)
+        if s.raw_body is not None:
+            return web.Response(body=s.raw_body, headers={"Content-Type": "application/json"})
+        if s.raw_stream is not None:
+            return web.Response(body=s.raw_stream, headers={"Content-Type": "text/event-stream"})
         if s.json_error:
             err = {"code": 502, "message": s.message or "Provider returned error"}
             return web.json_response({"error": err, "user_id": "user_fake"})

@@ -503,7 +503,7 @@ async def test_failure_after_early_headers_is_a_final_error_event(proxy: Any, fa
     assert lines[0] == ": keep-alive"
     assert "data: [DONE]" not in lines  # never a clean-looking end
     last = json.loads(lines[-1][len("data: "):])
-    assert last["error"]["message"] == "No instances available"
+    assert last["error"]["message"] == "503 No instances available"  # the status in the one field Roo shows
     assert last["error"]["code"] == 503
     # the openai SDK raises on it
     fake_server.script(Script(delay_first_byte=0.5, status=503, message="No instances available"))
