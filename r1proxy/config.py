@@ -60,6 +60,7 @@ class ServerConfig:
     metrics_key: str = ""
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
+    hit_usage: str = "real"
 
     @property
     def max_request_bytes(self) -> int:
@@ -100,7 +101,13 @@ class UpstreamConfig:
     first_byte_timeout: float = 600.0
     idle_timeout: float = 300.0
     total_timeout: float = 3600.0
+    kind: str = "auto"
+    session_ids: bool = True
     api_key: str = field(default="", repr=False)
+
+    @property
+    def is_openrouter(self) -> bool:
+        return self.kind == "openrouter"
 
     def redacted(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
@@ -129,6 +136,14 @@ class ModelConfig:
     weight: int = 1
     input_usd_per_mtok: float = 0.0
     output_usd_per_mtok: float = 0.0
+    cache_read_usd_per_mtok: float = 0.0
+    provider: Mapping[str, Any] = field(default_factory=dict)
+
+
+# OpenRouter's provider routing object (guides/routing/provider-selection.mdx), passed through per alias
+PROVIDER_FIELDS = frozenset({"order", "allow_fallbacks", "require_parameters", "data_collection", "zdr", "only",
+                             "ignore", "quantizations", "sort", "max_price", "preferred_min_throughput",
+                             "preferred_max_latency"})
 
 
 # Roo Code's <environment_details> carries a "# Current Time" section that changes every request
@@ -220,7 +235,7 @@ def _default_models() -> tuple[ModelConfig, ...]:
 
 
 def _default_upstreams() -> Mapping[str, UpstreamConfig]:
-    return {"openrouter": UpstreamConfig(name="openrouter", api_key_env="OPENROUTER_API_KEY")}
+    return {"openrouter": UpstreamConfig(name="openrouter", api_key_env="OPENROUTER_API_KEY", kind="openrouter")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,15 +355,22 @@ def build_config(raw: Mapping[str, Any], *, source: str = "(in memory)",
     server = replace(server, state_dir=str(Path(server.state_dir).expanduser()))
     if server.log_format not in ("plain", "json"):
         p.fail("server.log_format", 'must be "plain" or "json"')
+    if server.hit_usage not in ("real", "cache-read"):
+        p.fail("server.hit_usage", 'must be "real" or "cache-read"')
 
     upstreams = dict(_default_upstreams())
     for name, body in p.table(raw.get("upstreams", {}), "upstreams").items():
         base = upstreams.get(name, UpstreamConfig(name=name))
         up = p.section(UpstreamConfig, body, f"upstreams.{name}", base=base, skip={"name", "api_key"})
+        if up.kind not in ("auto", "openrouter", "openai"):
+            p.fail(f"upstreams.{name}.kind", 'must be "auto", "openrouter" or "openai"')
         upstreams[name] = up
     resolved = {}
     for name, up in upstreams.items():
-        resolved[name] = replace(up, api_key=_read_secret(up, env, p), base_url=up.base_url.rstrip("/"))
+        kind = up.kind
+        if kind == "auto":  # OpenRouter: its /models prices, /key quota and session_id stickiness
+            kind = "openrouter" if name == "openrouter" or "openrouter.ai" in up.base_url else "openai"
+        resolved[name] = replace(up, api_key=_read_secret(up, env, p), base_url=up.base_url.rstrip("/"), kind=kind)
 
     models = _default_models() if "models" not in raw else tuple(
         p.section(ModelConfig, m, f"models[{i}]", required={"name"})
@@ -367,6 +389,10 @@ def build_config(raw: Mapping[str, Any], *, source: str = "(in memory)",
             p.fail(f"{where}.tools", 'must be "pass" or "strip"')
         if m.strategy not in ("round-robin", "least-busy", "latency"):
             p.fail(f"{where}.strategy", 'must be "round-robin", "least-busy" or "latency"')
+        for k in m.provider:
+            if k not in PROVIDER_FIELDS:
+                p.fail(f"{where}.provider.{k}", f"is not an OpenRouter provider field "
+                                                f"(known: {', '.join(sorted(PROVIDER_FIELDS))})")
         if not m.model:
             models = tuple(replace(x, model=x.name) if x is m else x for x in models)
         aliases.setdefault(m.name, m)

@@ -18,6 +18,8 @@ REQUEST_COLUMNS = (
     "status", "error_type", "latency_ms", "ttfb_ms", "prompt_tokens", "completion_tokens",
     "reasoning_tokens", "cost", "cost_saved", "request_bytes", "response_bytes", "generation_id",
     "cache_key", "prompt",
+    # cost (#14, migration m011)
+    "cached_tokens", "cache_write_tokens", "cost_source", "prefix_saved", "failed_attempts", "provider", "session_id",
 )
 _INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})")

@@ -9,6 +9,14 @@ Behaviour per request = the next queued ``Script`` (``fake.script(...)``, FIFO) 
 ``[[fake key=value ...]]`` marker in the last user message applied on top (handy for concurrent tests),
 e.g. ``[[fake status=429 retry_after=2]]``, ``[[fake drop_after=3]]``, ``[[fake daily_quota]]``.
 A request with ``tools`` whose last message contains ``USE_TOOL`` is answered with a tool call.
+
+Accounting endpoints (B.1, B.7, B.8): ``GET /models`` lists ``PRICES`` (strings, USD per token),
+``GET /key`` answers ``key_info`` (steer with ``fake.key_info``), ``GET /generation?id=`` the stats of a
+generation it served, with ``cache_discount``. GETs are recorded in ``info_calls``, not ``calls``.
+Usage carries ``cost`` computed from ``PRICES`` (cache reads at ``input_cache_read``, writes at the
+prompt price, reasoning inside completion), ``prompt_tokens_details.cached_tokens`` /
+``cache_write_tokens`` (``Script.cached_tokens`` / ``cache_write_tokens``) and
+``completion_tokens_details.reasoning_tokens``; ``Script.report_cost = False`` leaves ``cost`` out.
 """
 
 from __future__ import annotations
@@ -30,6 +38,13 @@ PROCESSING = ": OPENROUTER PROCESSING"
 DAILY_MESSAGE = ("Rate limit exceeded: free-models-per-day. "
                  "Add 10 credits to unlock 1000 free model requests per day")
 NO_TOOLS_MESSAGE = "No endpoints found that support tool use."
+# USD per token, as OpenRouter lists them (strings); cache reads at 0.1x the prompt price (DeepSeek)
+PRICES: dict[str, dict[str, str]] = {
+    "deepseek/deepseek-r1": {"prompt": "0.00000055", "completion": "0.00000219",
+                             "input_cache_read": "0.000000055", "request": "0", "image": "0"},
+    "deepseek/deepseek-r1:free": {"prompt": "0", "completion": "0", "request": "0", "image": "0"},
+}
+DEFAULT_PRICE = {"prompt": "0.00000055", "completion": "0.00000219", "input_cache_read": "0.000000055"}
 
 
 @dataclass
@@ -67,6 +82,9 @@ class Script:
     raw_stream: bytes | None = None      # a 200 text/event-stream reply of exactly these bytes
     echo_headers: bool = False           # a careless upstream: errors, comments and a response header
                                          # quote the request headers (Authorization included)
+    cached_tokens: int = 0               # prompt tokens read from the provider's prompt cache
+    cache_write_tokens: int = 0          # prompt tokens written to it
+    report_cost: bool = True             # False: usage without `cost` (a non-OpenRouter upstream)
 
     def apply(self, overrides: dict[str, str]) -> Script:
         """A copy with marker overrides (strings) converted to each field's type."""
@@ -130,6 +148,12 @@ class FakeOpenRouter:
         self.models = models
         self.api_key = api_key  # when set, any other Bearer token gets a 401
         self.calls: list[Call] = []
+        self.info_calls: list[Call] = []  # GET /models, /key, /generation
+        self.prices = {m: dict(PRICES.get(m, DEFAULT_PRICE)) for m in models}
+        self.key_info: dict[str, Any] = {"label": "sk-or-v1-fak...000", "limit": None, "limit_remaining": None,
+                                         "usage": 0.25, "usage_daily": 0.01, "is_free_tier": True,
+                                         "rate_limit": {"requests": 20, "interval": "10s"}}
+        self.generations: dict[str, dict[str, Any]] = {}
         self.scripts: deque[Script] = deque()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -159,14 +183,33 @@ class FakeOpenRouter:
         for prefix in ("/api/v1", "/v1", ""):
             app.router.add_post(prefix + "/chat/completions", self._chat)
             app.router.add_get(prefix + "/models", self._models)
+            app.router.add_get(prefix + "/key", self._key)
+            app.router.add_get(prefix + "/generation", self._generation)
         return app
 
+    def _authorized(self, request: web.Request) -> bool:
+        return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
     async def _models(self, request: web.Request) -> web.Response:
-        self._record(request, None)
+        self.info_calls.append(Call(request.method, request.path, dict(request.headers), None))
         params = ["reasoning", "include_reasoning", "temperature"]
         data = [{"id": m, "name": m, "object": "model", "context_length": 163840,
-                 "supported_parameters": params} for m in self.models]
+                 "pricing": self.prices.get(m, DEFAULT_PRICE), "supported_parameters": params}
+                for m in self.models]
         return web.json_response({"data": data})
+
+    async def _key(self, request: web.Request) -> web.Response:
+        self.info_calls.append(Call(request.method, request.path, dict(request.headers), None))
+        if not self._authorized(request) or "Authorization" not in request.headers:
+            return self._error(401, "No auth credentials found")
+        return web.json_response({"data": self.key_info})
+
+    async def _generation(self, request: web.Request) -> web.Response:
+        self.info_calls.append(Call(request.method, request.path, dict(request.headers), None))
+        gen = self.generations.get(request.query.get("id", ""))
+        if gen is None:
+            return self._error(404, "Generation not found")
+        return web.json_response({"data": gen})
 
     def _record(self, request: web.Request, body: Any) -> None:
         self.calls.append(Call(request.method, request.path, dict(request.headers), body))
@@ -242,7 +285,8 @@ class FakeOpenRouter:
             err = {"code": 502, "message": s.message or "Provider returned error"}
             return web.json_response({"error": err, "user_id": "user_fake"})
         gen_id = f"gen-{1745000000 + self._seq}-Fake{self._seq:04d}"
-        answer = Answer.build(body, s, gen_id)
+        answer = Answer.build(body, s, gen_id, self.prices.get(str(body.get("model")), DEFAULT_PRICE))
+        self.generations[gen_id] = answer.generation()
         if not body.get("stream"):
             return web.json_response(answer.completion(), headers={"X-Generation-Id": gen_id})
         return await self._stream(request, answer, s, gen_id)
@@ -314,10 +358,12 @@ class Answer:
     content: str
     tool: dict[str, Any] | None
     prompt_tokens: int
+    price: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PRICE))
     created: int = 1745000000
 
     @classmethod
-    def build(cls, body: dict[str, Any], s: Script, gen_id: str) -> Answer:
+    def build(cls, body: dict[str, Any], s: Script, gen_id: str,
+              price: dict[str, str] | None = None) -> Answer:
         messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
         users = [m for m in messages if m.get("role") == "user"]
         user_text = MARKER_RE.sub("", text_of(users[-1])).strip() if users else ""
@@ -342,21 +388,53 @@ class Answer:
         if s.think_tags:
             content, reasoning = f"<think>\n{reasoning}\n</think>\n\n{content}", ""
         prompt = len(json.dumps(messages)) // 4
-        return cls(gen_id, str(body.get("model", "")), s, reasoning, content, tool, prompt)
+        return cls(gen_id, str(body.get("model", "")), s, reasoning, content, tool, prompt,
+                   dict(price if price is not None else DEFAULT_PRICE))
 
     @property
     def finish(self) -> str:
         return self.s.finish_reason or ("tool_calls" if self.tool else "stop")
 
+    def tokens(self) -> tuple[int, int, int, int, int]:
+        """(prompt, completion, reasoning, cached, cache_write) as this answer's usage reports them."""
+        rt = len(self.reasoning) // 4 + 1 if self.reasoning else 0
+        ct = rt + len(self.content) // 4 + 1 + (len(self.tool["arguments"]) // 4 if self.tool else 0)
+        cached = min(self.s.cached_tokens, self.prompt_tokens)
+        write = min(self.s.cache_write_tokens, self.prompt_tokens - cached)
+        return self.prompt_tokens, ct, rt, cached, write
+
+    def costs(self) -> tuple[float, float]:
+        """(billed cost, cache discount) in USD from the listed prices: what OpenRouter bills."""
+        prompt, ct, _rt, cached, _write = self.tokens()
+        p, c = float(self.price.get("prompt", 0)), float(self.price.get("completion", 0))
+        read = float(self.price.get("input_cache_read", self.price.get("prompt", 0)))
+        cost = (prompt - cached) * p + cached * read + ct * c  # DeepSeek: writes at the normal input price
+        return round(cost, 12), round(cached * (p - read), 12)
+
     def usage(self) -> dict[str, Any]:
         if self.s.usage is not None:
             return self.s.usage
-        rt = len(self.reasoning) // 4 + 1 if self.reasoning else 0
-        ct = rt + len(self.content) // 4 + 1 + (len(self.tool["arguments"]) // 4 if self.tool else 0)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": ct,
-                "total_tokens": self.prompt_tokens + ct, "prompt_tokens_details": {"cached_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": rt},
-                "cost": round((self.prompt_tokens * 0.55 + ct * 2.19) / 1e6, 8), "is_byok": False}
+        prompt, ct, rt, cached, write = self.tokens()
+        details: dict[str, Any] = {"cached_tokens": cached}
+        if write:
+            details["cache_write_tokens"] = write
+        out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": ct, "total_tokens": prompt + ct,
+                               "prompt_tokens_details": details, "completion_tokens_details": {"reasoning_tokens": rt}}
+        if self.s.report_cost:
+            cost = self.costs()[0]
+            out["cost"] = cost
+            out["cost_details"] = {"upstream_inference_cost": None}
+        out["is_byok"] = False
+        return out
+
+    def generation(self) -> dict[str, Any]:
+        """``GET /generation?id=`` data (B.8) for this answer."""
+        prompt, ct, rt, cached, _write = self.tokens()
+        cost, discount = self.costs()
+        return {"id": self.gen_id, "total_cost": cost, "cache_discount": discount, "model": self.model,
+                "provider_name": self.s.provider, "tokens_prompt": prompt, "tokens_completion": ct,
+                "native_tokens_prompt": prompt, "native_tokens_completion": ct, "native_tokens_reasoning": rt,
+                "native_tokens_cached": cached, "is_byok": False}
 
     def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None) -> dict[str, Any]:
         choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish,
