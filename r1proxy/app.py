@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import guard, redact, sdnotify, shutdown
+from . import guard, integrity, redact, sdnotify, shutdown
 from .appkeys import CLOCK_KEY, CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY
 from .cache import CacheTier, MemoryTier, NullCache, TieredCache
 from .cache.sqlite import SqliteTier
@@ -69,17 +69,24 @@ async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
-    db = await Database.open(config.db_path)
+    path = config.db_path
+    failed = integrity.failed_before(path)  # the full check runs on the start path only then
+    db = await Database.open(path, quick_check=failed)
+    if failed:
+        integrity.clear_failed(path)
+    unclean = integrity.mark_open(path)
     if db.recovered_from is not None:
         log.warning("the database was unreadable and was moved aside to %s; starting with an empty cache",
                     db.recovered_from)
     cache: TieredCache = NullCache()
+    disk: SqliteTier | None = None
     if config.cache.enabled:
         memory = MemoryTier(int(config.cache.memory_mb * 1024 * 1024)) if config.cache.memory_mb else None
         compression = Compression(db=db)
         await compression.load()  # the newest trained dictionary set, if any (`r1proxy cache train-dict`)
         disk = SqliteTier(db, max_bytes=int(config.cache.max_disk_mb * 1024 * 1024),
                           stale_if_error=config.cache.stale_if_error, compression=compression)
+        disk.start()
         tiers: list[CacheTier] = [disk]
         if config.cache.redis.enabled:
             from .cache.redistier import RedisTier, connect
@@ -88,11 +95,19 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                                    stale_if_error=config.cache.stale_if_error, compression=compression))
         cache = TieredCache(memory, tiers)
     app[STORE_KEY] = Store(db, cache, RequestLog(db))
+    checking = None
+    if unclean and not failed:
+        off = disk.disable if disk is not None else (lambda why: None)
+        checking = asyncio.get_running_loop().create_task(integrity.check_in_background(path, off))
     try:
         yield
     finally:
+        if checking is not None:
+            checking.cancel()
+            await asyncio.gather(checking, return_exceptions=True)
         await cache.close()
         await db.close()
+        integrity.mark_closed(path)
 
 
 async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                                             "after the server restarts; old ones stay readable)")
     td.add_argument("--samples", type=int, default=2000, help="entries to learn from (default 2000)")
     csub.add_parser("path", help="print the database path (for sqlite3)")
+    ck = csub.add_parser("check", help="check the database file (PRAGMA quick_check; read-only, safe while serving)")
+    ck.add_argument("--full", action="store_true", help="PRAGMA integrity_check: slower, also checks indexes")
     bk = csub.add_parser("backup", help="copy the database to PATH (VACUUM INTO; safe while serving)")
     bk.add_argument("dest", metavar="PATH")
     il = sub.add_parser("import-litellm", help="convert a LiteLLM proxy litellm_config.yaml into a config.toml "
@@ -94,14 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ops.logs(config, args.n, args.follow, args.errors)
         if args.cmd == "cache":
             if args.cache_cmd is None:
-                print("r1proxy: cache needs an action: ls, show, purge, vacuum, train-dict, path or backup "
+                print("r1proxy: cache needs an action: ls, show, purge, vacuum, train-dict, path, backup or check "
                       "(see --help)",
                       file=sys.stderr)
                 return 2
             if args.cache_cmd == "purge" and not (args.model or args.older_than or args.all):
                 print("r1proxy: purge needs --model, --older-than or --all", file=sys.stderr)
                 return 2
-            kw = {k: getattr(args, k) for k in ("model", "older_than", "all", "key", "dest", "samples")
+            kw = {k: getattr(args, k) for k in ("model", "older_than", "all", "key", "dest", "samples", "full")
                   if hasattr(args, k)}
             if args.cache_cmd == "ls":
                 kw["limit"] = args.n

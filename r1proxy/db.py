@@ -1,4 +1,4 @@
-"""The SQLite database: opening (PRAGMAs, recovery, migrations), one writer task, reads, close.
+"""The SQLite database: one writer task, reads, close (opening the file: dbfile.py).
 
 ``Database`` owns the connections to ``r1proxy.db``: an aiosqlite connection for reads, a
 point-read connection for the cache's key lookups, and a writer connection on its own thread.
@@ -6,7 +6,8 @@ Writes never block or fail a caller: ``submit()`` queues them and a single backg
 runs them in batches, each batch one transaction in ONE trip to the writer thread (an await
 per statement would make the writer crawl when the event loop is busy: every await waits for
 a full loop iteration); errors are logged once per kind and counted in ``write_errors``.
-A file that is not a database (or fails ``quick_check``) is moved aside at open and a fresh
+A file that is not a database (or fails ``quick_check``, when the opener asks for it: the server
+does only after a failed background check, see integrity.py) is moved aside at open and a fresh
 one is started; a database held locked by another process raises ``DatabaseLocked``.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,22 +24,23 @@ from typing import Any
 
 import aiosqlite
 
-from r1proxy.migrations import migrate
+from r1proxy.dbfile import (
+    DatabaseLocked,
+    DatabaseUnavailable,
+    connect_reader,
+    connect_writer,
+    is_busy,
+    is_corrupt,
+    move_aside,
+    point_reader,
+    prepare,
+)
+
+__all__ = ["Database", "DatabaseLocked", "DatabaseUnavailable", "move_aside"]
 
 log = logging.getLogger(__name__)
 
 Params = Sequence[Any]
-
-_CORRUPT = {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
-_BUSY = {"SQLITE_BUSY", "SQLITE_LOCKED"}
-
-
-class DatabaseUnavailable(Exception):
-    """The database file cannot be used (permissions, I/O); the message names the path."""
-
-
-class DatabaseLocked(DatabaseUnavailable):
-    """Another process holds the database locked for longer than busy_timeout."""
 
 
 @dataclass(slots=True)
@@ -65,101 +66,6 @@ class _ErrorLog:
             self.seen.add(kind)
             log.error("database write failed (%s); skipping it, further errors of this kind are "
                       "only counted. statement: %s", kind, " ".join(sql.split())[:120])
-
-
-def _errname(err: sqlite3.Error) -> str:
-    return getattr(err, "sqlite_errorname", "") or ""
-
-
-def _is_corrupt(err: sqlite3.Error) -> bool:
-    return _errname(err) in _CORRUPT or "not a database" in str(err) or "malformed" in str(err)
-
-
-def _is_busy(err: sqlite3.Error) -> bool:
-    return _errname(err) in _BUSY or "locked" in str(err)
-
-
-def _prepare(path: Path, busy_timeout_ms: int, check: bool) -> None:
-    """Check and migrate with a short-lived plain connection; raises sqlite3 errors as found."""
-    if check:
-        # Sniff the header before SQLite touches the file: on close SQLite may delete a
-        # -wal it could not use, and a moved-aside file should keep its -wal for inspection.
-        try:
-            with path.open("rb") as f:
-                head = f.read(16)
-        except FileNotFoundError:
-            head = b""
-        if head and head != b"SQLite format 3\x00":
-            err = sqlite3.DatabaseError("file is not a database (bad header)")
-            err.sqlite_errorname = "SQLITE_NOTADB"  # type: ignore[attr-defined]
-            raise err
-    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        if check:
-            rows = conn.execute("PRAGMA quick_check").fetchall()
-            if rows != [("ok",)]:
-                detail = "; ".join(str(r[0]) for r in rows[:3])
-                err = sqlite3.DatabaseError(f"quick_check failed: {detail}")
-                err.sqlite_errorname = "SQLITE_CORRUPT"  # type: ignore[attr-defined]
-                raise err
-        migrate(conn)
-    finally:
-        conn.close()
-
-
-def move_aside(path: Path, now: float | None = None) -> Path:
-    """Rename a database file and its -wal/-shm to ``<name>.corrupt-<UTC timestamp>``."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            side.rename(target.with_name(target.name + suffix))
-    path.rename(target)
-    return target
-
-
-_PRAGMAS = ("journal_mode = WAL", "synchronous = NORMAL", "temp_store = MEMORY")
-
-
-async def _connect_reader(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
-    try:
-        for pragma in (*_PRAGMAS, f"busy_timeout = {int(busy_timeout_ms)}", "query_only = ON"):
-            await conn.execute(f"PRAGMA {pragma}")
-    except sqlite3.Error as e:
-        await conn.close()
-        if _is_busy(e):
-            raise DatabaseLocked(f"{path}: database is locked by another process") from None
-        raise DatabaseUnavailable(f"{path}: cannot open database: {e}") from None
-    return conn
-
-
-def _connect_writer(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
-    """The writer's connection; created, used and closed on the writer thread only."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
-    try:
-        for pragma in (*_PRAGMAS, f"busy_timeout = {int(busy_timeout_ms)}"):
-            conn.execute(f"PRAGMA {pragma}")
-    except sqlite3.Error as e:
-        conn.close()
-        if _is_busy(e):
-            raise DatabaseLocked(f"{path}: database is locked by another process") from None
-        raise DatabaseUnavailable(f"{path}: cannot open database: {e}") from None
-    return conn
-
-
-def _point_reader(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.2)
-    conn.execute("PRAGMA query_only = ON")
-    conn.execute("PRAGMA busy_timeout = 200")
-    return conn
 
 
 class Database:
@@ -189,8 +95,11 @@ class Database:
 
     @classmethod
     async def open(cls, path: str | Path, *, busy_timeout_ms: int = 5000, batch_size: int = 256,
-                   check: bool = True) -> Database:
+                   check: bool = True, quick_check: bool = True) -> Database:
         """Open (creating parent dirs), recover from a corrupt file, migrate, start the writer.
+
+        ``check`` sniffs the file header and moves a damaged file aside; with ``quick_check`` it
+        also runs ``PRAGMA quick_check`` first (the server passes False unless integrity.py asks).
 
         Raises DatabaseLocked when another process holds the lock past busy_timeout_ms, and
         DatabaseUnavailable for other errors that moving the file aside would not fix.
@@ -202,37 +111,37 @@ class Database:
             raise DatabaseUnavailable(f"{path}: cannot create directory: {e.strerror}") from None
         moved: Path | None = None
         try:
-            await asyncio.to_thread(_prepare, path, busy_timeout_ms, check)
+            await asyncio.to_thread(prepare, path, busy_timeout_ms, check, quick_check)
         except sqlite3.Error as e:
-            if _is_busy(e):
+            if is_busy(e):
                 raise DatabaseLocked(f"{path}: database is locked by another process "
                                      f"(waited {busy_timeout_ms} ms)") from None
-            if not _is_corrupt(e):
+            if not is_corrupt(e):
                 raise DatabaseUnavailable(f"{path}: cannot open database: {e}") from None
             moved = move_aside(path)
             log.warning("!!! DATABASE %s IS CORRUPT (%s): moved it to %s and started an EMPTY one "
                         "(cache and request log are gone; the old file is kept for inspection)",
                         path, e, moved)
             try:
-                await asyncio.to_thread(_prepare, path, busy_timeout_ms, False)
+                await asyncio.to_thread(prepare, path, busy_timeout_ms, False)
             except sqlite3.Error as e2:
                 raise DatabaseUnavailable(f"{path}: cannot create a fresh database: {e2}") from None
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r1proxy-db-writer")
         loop = asyncio.get_running_loop()
         try:
-            conn = await loop.run_in_executor(pool, _connect_writer, path, busy_timeout_ms)
+            conn = await loop.run_in_executor(pool, connect_writer, path, busy_timeout_ms)
         except BaseException:
             pool.shutdown(wait=False)
             raise
         try:
-            reader = await _connect_reader(path, busy_timeout_ms)
+            reader = await connect_reader(path, busy_timeout_ms)
         except BaseException:
             await loop.run_in_executor(pool, conn.close)
             pool.shutdown(wait=False)
             raise
         db = cls(path, conn, pool, reader, batch_size=batch_size)
         db.recovered_from = moved
-        db._point = _point_reader(path)
+        db._point = point_reader(path)
         return db
 
     @property

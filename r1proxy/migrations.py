@@ -6,7 +6,8 @@ All times are Unix seconds (UTC); the views render them with ``datetime()`` (UTC
 
 Tables: ``cache_entries`` (one row per cached completion; metadata in plain columns, the
 completion JSON and the canonical request as zstd blobs), ``requests`` (one row per client
-request), ``key_usage`` (per key and UTC day, so daily budgets survive a restart).
+request), ``key_usage`` (per key and UTC day, so daily budgets survive a restart),
+``cache_totals`` (one row: entries and bytes of ``cache_entries``, kept by triggers).
 
 Views for people with ``sqlite3 "$STATE_DIR/r1proxy.db"`` (or datasette/sqlite-utils)::
 
@@ -234,6 +235,63 @@ def m040_semantic_vectors(conn: sqlite3.Connection) -> None:
         BEGIN DELETE FROM semantic_vectors WHERE key = old.key; END
         """
     )
+
+
+@migration
+def m020_cache_totals(conn: sqlite3.Connection) -> None:
+    # Running totals of cache_entries, kept by triggers in the same transaction as every write
+    # (any process, any statement), so nothing that serves needs a SUM over the table: eviction,
+    # /stats, /metrics and `r1proxy stats` read one row. Seeded once here (one scan, at upgrade).
+    # A REPLACE must fire the delete trigger: r1proxy's put is an upsert (an UPDATE), and its
+    # connections set recursive_triggers so an INSERT OR REPLACE from elsewhere counts right too.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS cache_totals (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            entries INTEGER NOT NULL,
+            stored_bytes INTEGER NOT NULL,
+            raw_bytes INTEGER NOT NULL
+        )
+        """
+    )
+    conn.execute("INSERT OR REPLACE INTO cache_totals (id, entries, stored_bytes, raw_bytes) "
+                 "SELECT 1, COUNT(*), COALESCE(SUM(stored_bytes), 0), COALESCE(SUM(raw_bytes), 0) "
+                 "FROM cache_entries")
+    conn.execute(
+        """
+        CREATE TRIGGER IF NOT EXISTS cache_totals_insert AFTER INSERT ON cache_entries BEGIN
+            UPDATE cache_totals SET entries = entries + 1,
+                stored_bytes = stored_bytes + COALESCE(NEW.stored_bytes, 0),
+                raw_bytes = raw_bytes + COALESCE(NEW.raw_bytes, 0) WHERE id = 1;
+        END
+        """
+    )
+    conn.execute(
+        """
+        CREATE TRIGGER IF NOT EXISTS cache_totals_delete AFTER DELETE ON cache_entries BEGIN
+            UPDATE cache_totals SET entries = entries - 1,
+                stored_bytes = stored_bytes - COALESCE(OLD.stored_bytes, 0),
+                raw_bytes = raw_bytes - COALESCE(OLD.raw_bytes, 0) WHERE id = 1;
+        END
+        """
+    )
+    conn.execute(
+        """
+        CREATE TRIGGER IF NOT EXISTS cache_totals_update AFTER UPDATE OF stored_bytes, raw_bytes
+        ON cache_entries BEGIN
+            UPDATE cache_totals SET
+                stored_bytes = stored_bytes - COALESCE(OLD.stored_bytes, 0) + COALESCE(NEW.stored_bytes, 0),
+                raw_bytes = raw_bytes - COALESCE(OLD.raw_bytes, 0) + COALESCE(NEW.raw_bytes, 0) WHERE id = 1;
+        END
+        """
+    )
+
+
+@migration
+def m021_last_hit_at_set(conn: sqlite3.Connection) -> None:
+    # Eviction walks idx_cache_entries_last_hit_at (least recently used first) in small batches;
+    # a row never hit has last_hit_at = created_at (what COALESCE(last_hit_at, created_at) meant).
+    conn.execute("UPDATE cache_entries SET last_hit_at = created_at WHERE last_hit_at IS NULL")
 
 
 def migrate(conn: sqlite3.Connection, *, now: float | None = None) -> list[str]:

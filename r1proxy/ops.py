@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from . import integrity
 from .cache.sqlite import SqliteTier
 from .config import Config, parse_duration
 from .db import Database
@@ -189,7 +190,25 @@ def cache(config: Config, action: str, **kw: Any) -> int:
     if action == "path":
         print(config.db_path)
         return 0
+    if action == "check":
+        return check(config, kw.get("full", False))
     return asyncio.run(_cache(config, action, **kw))
+
+
+def check(config: Config, full: bool) -> int:
+    """Exit 0 when the database file is sound, 1 with what is wrong otherwise."""
+    if not config.db_path.exists():
+        raise OpsError(f"no database at {config.db_path} yet")
+    t0 = time.monotonic()
+    found = integrity.problems(config.db_path, full=full)
+    what = "integrity_check" if full else "quick_check"
+    if found:
+        print(f"{config.db_path}: {what} FAILED:", *found[:20], sep="\n  ")
+        print("stop the server and move the file aside (or restore a backup); a server finding this in its "
+              "background check moves it aside at its next start")
+        return 1
+    print(f"{config.db_path}: {what} ok ({time.monotonic() - t0:.1f} s)")
+    return 0
 
 
 _LOG_COLUMNS = ("id", "ts", "key_name", "alias", "cache", "tier", "status", "error_type", "latency_ms", "ttfb_ms",

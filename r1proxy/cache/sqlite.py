@@ -3,9 +3,13 @@
 Metadata sits in plain columns; the completion (compact JSON) and the canonical request are
 zstd blobs, compressed with the trained dictionary set the row names in ``dict_id`` (0 = none;
 see ``zdict``). Writes (put, touch) are queued on the database writer and never fail a caller;
-reads that hit a damaged row log it, drop the row and report a miss. Eviction (expired past
-the stale window, then least recently used down to 90% of the byte cap) runs in the
-background every ``evict_every`` puts, and on demand via ``evict(now)``. A put is visible to
+reads that hit a damaged row log it, drop the row and report a miss. Sizes come from the
+``cache_totals`` row the schema's triggers keep (no SUM over the table while serving).
+Eviction (expired past the stale window, then least recently used down to 90% of the byte cap)
+deletes in small batches, each its own write between the others; it runs in the background
+every ``evict_every`` puts and every few seconds once ``start()`` was called (so a lowered cap
+takes effect at once), and on demand via ``evict(now)``. ``purge`` deletes in batches too,
+walking the table by rowid, so neither ever holds the write lock for long. A put is visible to
 ``get`` at once: until its row is committed the entry is served from a small pending map (with
 the memory tier off, or an entry too big for it, an immediate repeat would miss otherwise). The
 tier does not own the ``Database``: whoever opened it closes it.
@@ -32,25 +36,24 @@ log = logging.getLogger(__name__)
 _COLUMNS = ("key", "namespace", "model", "created_at", "last_hit_at", "hits", "expires_at",
             "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost", "raw_bytes",
             "stored_bytes", "preview_user", "preview_answer", "dict_id", "body", "request")
-_PUT = (f"INSERT OR REPLACE INTO cache_entries ({', '.join(_COLUMNS)}) "
-        f"VALUES ({', '.join('?' * len(_COLUMNS))})")
+# An upsert, not INSERT OR REPLACE: replacing a row is an UPDATE, which the cache_totals
+# trigger sees (a REPLACE's implicit delete fires no trigger without recursive_triggers).
+_PUT = (f"INSERT INTO cache_entries ({', '.join(_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(_COLUMNS))}) ON CONFLICT (key) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:]))
 _GET = f"SELECT {', '.join(_COLUMNS)} FROM cache_entries WHERE key = ?"
 # a hit never needs the canonical request: leave that blob on disk (it is most of a row's bytes)
 _GET_HIT = f"SELECT {', '.join(_COLUMNS[:-1])}, NULL FROM cache_entries WHERE key = ?"
 _TOUCH = "UPDATE cache_entries SET hits = COALESCE(hits, 0) + 1, last_hit_at = ? WHERE key = ?"
 _DELETE = "DELETE FROM cache_entries WHERE key = ?"
-_STATS = ("SELECT COUNT(*), COALESCE(SUM(stored_bytes), 0), COALESCE(SUM(raw_bytes), 0) "
-          "FROM cache_entries")
-_DELETE_EXPIRED = "DELETE FROM cache_entries WHERE expires_at < ?"
-# Keep the most recently used rows whose running total fits the target; delete the rest.
-_DELETE_LRU = """
-DELETE FROM cache_entries WHERE key IN (
-  SELECT key FROM (
-    SELECT key, SUM(stored_bytes) OVER (
-      ORDER BY COALESCE(last_hit_at, created_at) DESC, key ROWS UNBOUNDED PRECEDING) AS running
-    FROM cache_entries)
-  WHERE running > ?)
-"""
+_TOTALS = "SELECT entries, stored_bytes, raw_bytes FROM cache_totals WHERE id = 1"
+# Eviction batches: each one walks an index from its start (expires_at; last_hit_at = LRU first).
+_DELETE_EXPIRED = ("DELETE FROM cache_entries WHERE rowid IN "
+                   "(SELECT rowid FROM cache_entries WHERE expires_at < ? ORDER BY expires_at LIMIT ?)")
+_DELETE_LRU = ("DELETE FROM cache_entries WHERE rowid IN "
+               "(SELECT rowid FROM cache_entries ORDER BY last_hit_at LIMIT ?)")
+EVICT_BATCH = 500  # rows per eviction write (~2.5 MB of typical entries)
+PURGE_BATCH = 5000  # rows per purge write
 _LIST_COLUMNS = ("key", "namespace", "model", "created_at", "last_hit_at", "hits", "expires_at",
                  "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost", "raw_bytes",
                  "stored_bytes", "preview_user", "preview_answer")
@@ -79,6 +82,35 @@ class SqliteTier:
         self._evicting: asyncio.Task[int] | None = None
         self._pending: dict[str, tuple[CacheEntry, int]] = {}  # put, row maybe not committed yet (write seq)
         self._settling: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.disabled = ""  # why the tier is off (a failed integrity check): then it finds and keeps nothing
+
+    def start(self, interval: float = 2.0) -> None:
+        """Check the cap and expiry every ``interval`` seconds from now on (first check at once)."""
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick(interval), name="r1proxy-evict")
+
+    def disable(self, why: str) -> None:
+        """Stop reading and writing the database file (it failed an integrity check)."""
+        self.disabled = why
+        self._pending.clear()
+
+    @property
+    def degraded(self) -> str:
+        """Non-empty while the tier is off (``/health`` reports it)."""
+        return f"sqlite tier off: the database failed its integrity check ({self.disabled})" if self.disabled else ""
+
+    async def _tick(self, interval: float) -> None:
+        while True:
+            self._kick_eviction()
+            await asyncio.sleep(interval)
+
+    def _kick_eviction(self) -> None:
+        if self.disabled or self.db.closed:
+            return
+        if self._evicting is None or self._evicting.done():
+            self._puts_since_evict = 0
+            self._evicting = asyncio.get_running_loop().create_task(self._evict_quietly())
 
     async def get(self, key: str) -> CacheEntry | None:
         """The entry (fresh or expired) or None, without its canonical request (see ``get_full``);
@@ -90,6 +122,8 @@ class SqliteTier:
         return self._get(key, _GET)
 
     def _get(self, key: str, sql: str) -> CacheEntry | None:
+        if self.disabled:
+            return None
         pending = self._pending.get(key)
         if pending is not None:
             return pending[0]
@@ -111,15 +145,16 @@ class SqliteTier:
             return None
 
     async def put(self, entry: CacheEntry) -> None:
-        """Queue an INSERT OR REPLACE; returns without waiting for the disk."""
+        """Queue an upsert; returns without waiting for the disk."""
+        if self.disabled:
+            return
         seq = self.db.submit(_PUT, self._encode(entry))
         self._pending[entry.key] = (entry, seq)
         if self._settling is None or self._settling.done():
             self._settling = asyncio.get_running_loop().create_task(self._settle())
         self._puts_since_evict += 1
-        if self._puts_since_evict >= self.evict_every and (self._evicting is None or self._evicting.done()):
-            self._puts_since_evict = 0
-            self._evicting = asyncio.get_running_loop().create_task(self._evict_quietly())
+        if self._puts_since_evict >= self.evict_every:
+            self._kick_eviction()
 
     async def touch(self, key: str, now: float) -> None:
         self.db.submit(_TOUCH, (now, key))
@@ -135,22 +170,44 @@ class SqliteTier:
         except sqlite3.Error:
             return False
 
+    def totals(self) -> tuple[int, int, int]:
+        """(entries, stored bytes, raw bytes) of the committed rows: one row of ``cache_totals``."""
+        row = self.db.fetchone_now(_TOTALS)
+        return (int(row[0]), int(row[1]), int(row[2])) if row is not None else (0, 0, 0)
+
     async def stats(self) -> TierStats:
-        row = await self.db.fetchone(_STATS)
-        count, stored, raw = row if row is not None else (0, 0, 0)
-        return TierStats(self.name, int(count), int(stored), int(raw))
+        try:
+            count, stored, raw = self.totals()
+        except sqlite3.Error as e:
+            log.error("cache totals unreadable: %s", e)
+            count, stored, raw = 0, 0, 0
+        return TierStats(self.name, count, stored, raw)
 
     async def evict(self, now: float | None = None) -> int:
         """Delete rows expired longer ago than stale_if_error, then LRU down to 90% of the cap.
 
-        Returns the number of rows deleted. Raises sqlite3.Error on failure.
+        Deletes in batches of at most ``EVICT_BATCH`` rows, each one write of its own, so other
+        writes interleave and memory stays flat. Returns the number of rows deleted. Raises
+        sqlite3.Error on failure.
         """
         now = self._clock() if now is None else now
-        n = await self.db.execute(_DELETE_EXPIRED, (now - self.stale_if_error,))
-        if self.max_bytes:
-            row = await self.db.fetchone("SELECT COALESCE(SUM(stored_bytes), 0) FROM cache_entries")
-            if row is not None and row[0] > self.max_bytes:
-                n += await self.db.execute(_DELETE_LRU, (int(self.max_bytes * 0.9),))
+        n = 0
+        while not self.db.closed:
+            done = await self.db.execute(_DELETE_EXPIRED, (now - self.stale_if_error, EVICT_BATCH))
+            n += done
+            if done < EVICT_BATCH:
+                break
+        entries, stored, _ = self.totals()
+        if self.max_bytes and stored > self.max_bytes:
+            target = int(self.max_bytes * 0.9)
+            while stored > target and entries > 0 and not self.db.closed:
+                # about as many rows as the excess over the target holds, at the mean row size
+                want = min(EVICT_BATCH, max(1, -(-(stored - target) * entries // stored)))
+                done = await self.db.execute(_DELETE_LRU, (want,))
+                n += done
+                if done == 0:
+                    break
+                entries, stored, _ = self.totals()
         self.evicted += n
         return n
 
@@ -183,11 +240,24 @@ class SqliteTier:
         for k, (e, _) in list(self._pending.items()):
             if (not model or e.model == model) and (cutoff is None or e.created_at < cutoff):
                 del self._pending[k]
-        where = f" WHERE {' AND '.join(conds)}" if conds else ""
-        return await self.db.execute(f"DELETE FROM cache_entries{where}", params)
+        where = "".join(f" AND {c}" for c in conds)
+        upto = (f"SELECT MAX(rowid) FROM (SELECT rowid FROM cache_entries WHERE rowid > ?{where} "
+                "ORDER BY rowid LIMIT ?)")
+        delete = f"DELETE FROM cache_entries WHERE rowid > ? AND rowid <= ?{where}"
+        n, last = 0, 0
+        while True:  # walk the table by rowid: each batch starts where the last one ended
+            row = await self.db.fetchone(upto, (last, *params, PURGE_BATCH))
+            if row is None or row[0] is None:
+                return n
+            n += await self.db.execute(delete, (last, row[0], *params))
+            last = row[0]
 
     async def close(self) -> None:
         """Stop tracking queued puts, wait for a running eviction; leaves the Database open (its owner closes it)."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            self._ticker = None
         if self._settling is not None:
             self._settling.cancel()
             await asyncio.gather(self._settling, return_exceptions=True)
@@ -222,7 +292,7 @@ class SqliteTier:
         c = self.compression
         body = c.compress_body(raw_body)
         request = c.compress_request(e.request) if e.request else b""
-        return (e.key, e.namespace, e.model, e.created_at, e.last_hit_at or None, e.hits,
+        return (e.key, e.namespace, e.model, e.created_at, e.last_hit_at or e.created_at, e.hits,
                 e.expires_at, e.prompt_tokens, e.completion_tokens, e.reasoning_tokens, e.cost,
                 len(raw_body) + len(e.request), len(body) + len(request), e.preview_user,
                 e.preview_answer, c.current, body, request)
