@@ -29,6 +29,8 @@ class Settings:
     starts: int               # starts for the time-to-healthy median
     vs_litellm: bool
     quick: bool
+    scale: int = 0            # entries for the --scale run (0: not run)
+    workers: int = 0          # server.workers for the --workers run (0: not run)
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> Settings:
@@ -44,4 +46,4 @@ class Settings:
             raise SystemExit("bench: --rounds must be >= 1 and --duration > 0")
         return cls(rounds=rounds, duration=duration, miss_n=base.miss_n, miss_reps=base.miss_reps,
                    large_n=base.large_n, fill_n=base.fill_n, starts=base.starts, vs_litellm=a.vs_litellm,
-                   quick=base.quick)
+                   quick=base.quick, scale=a.scale or 0, workers=a.workers or 0)

@@ -31,6 +31,7 @@ import datetime as dt
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 import time
@@ -47,6 +48,7 @@ from bench.litellm import litellm_rows
 from bench.probes import fill_probe, large_probe, miss_probe, miss_rows, startup_probe, wait_db_settled
 from bench.procs import BenchError, Server, Servers, free_port, rss_kib
 from bench.report import Report, Row, machine_info, med, pct, table, verdict, write_doc
+from bench.scale import scale_rows
 from bench.targets import Hit, start_fake, start_proxy, upstream_count, warm_hit
 from bench.wrk import ensure_wrk
 
@@ -195,6 +197,13 @@ def measure_all(s: Settings, wrk: str, servers: Servers, report: Report) -> None
         abort(report, "cache filling", str(e))
     servers.stop(proxy_fill)
 
+    if s.scale:
+        section(f"scale: {s.scale:,} entries and {s.scale:,} request-log rows")
+        try:
+            scale_rows(servers, report, slow, s.scale, s.scale)
+        except (BenchError, OSError, sqlite3.Error) as e:
+            abort(report, "scale", str(e))
+
     if s.vs_litellm:
         section("LiteLLM")
         litellm_rows(s, wrk, servers, report, slow, ceiling, files, body, body_stream)
@@ -209,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, help="seconds per wrk run (default 5; quick 1)")
     p.add_argument("--vs-litellm", action="store_true", help="also measure a LiteLLM proxy when installed")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
+    p.add_argument("--scale", type=int, nargs="?", const=1_000_000, metavar="ENTRIES",
+                   help="also the scale run on a state dir of ENTRIES entries and log rows (default 1,000,000; "
+                        "needs ~5.5 GB of disk per million, deleted afterwards)")
+    p.add_argument("--workers", type=int, nargs="?", const=2, metavar="N",
+                   help="also the server.workers = N run (default 2)")
     args_list = sys.argv[1:] if argv is None else argv
     a = p.parse_args(args_list)
     s = Settings.from_args(a)

@@ -244,6 +244,7 @@ class SqliteTier:
         upto = (f"SELECT MAX(rowid) FROM (SELECT rowid FROM cache_entries WHERE rowid > ?{where} "
                 "ORDER BY rowid LIMIT ?)")
         delete = f"DELETE FROM cache_entries WHERE rowid > ? AND rowid <= ?{where}"
+        await self.db.flush()  # the batches are found by reads: puts queued before this must have landed
         n, last = 0, 0
         while True:  # walk the table by rowid: each batch starts where the last one ended
             row = await self.db.fetchone(upto, (last, *params, PURGE_BATCH))
