@@ -4,7 +4,7 @@ A task on the event loop sends, every tick, ``WATCHDOG=1`` (when the unit sets `
 a wedged or stopped loop stops pinging and systemd restarts the service) and a ``STATUS=`` line
 that ``systemctl status`` shows: ``serving — 12 req/min, hit rate 41 %``, ``draining 3 streams``,
 or ``degraded: …`` first when database writes are failing or a reload was rejected. Requests
-per minute count the last minute; the hit rate is over every request since start.
+per minute are the last minute's count; the hit rate is over every request since start.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Heartbeat:
         if self.draining:
             n = self.in_flight()
             return f"draining {n} stream{'' if n == 1 else 's'}"
-        rate = (requests - requests0) * 60.0 / span if span >= 1.0 else 0.0
+        rate = (requests - requests0) * (60.0 / span if span > WINDOW_S else 1.0)  # the last minute's count
         hit_rate = 100.0 * hits / requests if requests else 0.0
         text = f"serving — {rate:.0f} req/min, hit rate {hit_rate:.0f} %"
         problems = []

@@ -495,3 +495,10 @@ class Answer:
                 "choices": [{"index": 0, "finish_reason": self.finish, "native_finish_reason": self.finish,
                              "message": message}],
                 "usage": self.usage()}
+
+
+if __name__ == "__main__":  # python fake_upstream.py PORT [KEY]: serve on 127.0.0.1 (.ci/systemd-check.sh)
+    import sys
+
+    web.run_app(FakeOpenRouter(api_key=sys.argv[2] if len(sys.argv) > 2 else None).app,
+                host="127.0.0.1", port=int(sys.argv[1]), print=None)

@@ -34,7 +34,7 @@ def test_status_text_rates_draining_and_degraded() -> None:
     assert hb.text() == "serving — 0 req/min, hit rate 0 %"
     clock.now += 30
     figures.update(requests=6, hits=2)
-    assert hb.text() == "serving — 12 req/min, hit rate 33 %"
+    assert hb.text() == "serving — 6 req/min, hit rate 33 %"  # what came in the last minute
     clock.now += 90  # the minute window moved past the first samples: only what came since counts
     figures.update(requests=10, hits=4)
     assert hb.text() == "serving — 3 req/min, hit rate 40 %"
