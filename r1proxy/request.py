@@ -8,7 +8,7 @@ reads Cache-Control and LiteLLM's body ``cache`` object into a frozen ``CacheCon
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import jsonbody
@@ -32,55 +32,51 @@ DEFAULT_CC = CacheControl()  # read-only: requests with no cache controls share 
 
 
 def parse_cache_control(header: str | None, body_cache: Any) -> CacheControl:
+    """Cache-Control request directives, then LiteLLM's body ``cache`` object (which wins)."""
     if header is None and body_cache is None:
         return DEFAULT_CC
-    cc = _MutableCC()
+    cc: dict[str, Any] = {}
     for part in (header or "").split(","):
         name, _, value = part.strip().partition("=")
         name = name.strip().lower()
         if name == "no-cache":
-            cc.lookup, cc.stale_ok = False, False
+            cc.update(lookup=False, stale_ok=False)
         elif name == "no-store":
-            cc.store = False
+            cc["store"] = False
         elif name == "only-if-cached":
-            cc.only_if_cached = True
+            cc["only_if_cached"] = True
         elif name in ("max-age", "s-maxage"):
             try:
-                cc.max_age = max(0.0, float(value.strip().strip('"')))
-                if not math.isfinite(cc.max_age):
+                cc["max_age"] = max(0.0, float(value.strip().strip('"')))
+                if not math.isfinite(cc["max_age"]):
                     raise ValueError
             except ValueError:
                 raise bad_request(f"Cache-Control {name} must be a number of seconds") from None
     if body_cache is not None:
-        if not isinstance(body_cache, dict):
-            raise bad_request("`cache` must be an object such as {\"no-cache\": true}", "cache")
-        if body_cache.get("no-cache"):
-            cc.lookup, cc.stale_ok = False, False
-        if body_cache.get("no-store"):
-            cc.store = False
-        for name, attr in (("ttl", "ttl"), ("s-maxage", "max_age")):
-            if name in body_cache:
-                v = body_cache[name]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                    raise bad_request(f"cache.{name} must be a number of seconds", f"cache.{name}")
-                setattr(cc, attr, float(v))
-        ns = body_cache.get("namespace")
-        if ns is not None:
-            if not isinstance(ns, str):
-                raise bad_request("cache.namespace must be a string", "cache.namespace")
-            cc.namespace = ns
-    return CacheControl(cc.lookup, cc.store, cc.max_age, cc.only_if_cached, cc.ttl, cc.namespace, cc.stale_ok)
+        cc.update(_body_cache(body_cache))
+    return replace(DEFAULT_CC, **cc)
 
 
-@dataclass(slots=True)
-class _MutableCC:
-    lookup: bool = True
-    store: bool = True
-    max_age: float | None = None
-    only_if_cached: bool = False
-    ttl: float | None = None
-    namespace: str = ""
-    stale_ok: bool = True
+def _body_cache(body_cache: Any) -> dict[str, Any]:
+    if not isinstance(body_cache, dict):
+        raise bad_request("`cache` must be an object such as {\"no-cache\": true}", "cache")
+    cc: dict[str, Any] = {}
+    if body_cache.get("no-cache"):
+        cc.update(lookup=False, stale_ok=False)
+    if body_cache.get("no-store"):
+        cc["store"] = False
+    for name, attr in (("ttl", "ttl"), ("s-maxage", "max_age")):
+        if name in body_cache:
+            v = body_cache[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise bad_request(f"cache.{name} must be a number of seconds", f"cache.{name}")
+            cc[attr] = float(v)
+    ns = body_cache.get("namespace")
+    if ns is not None:
+        if not isinstance(ns, str):
+            raise bad_request("cache.namespace must be a string", "cache.namespace")
+        cc["namespace"] = ns
+    return cc
 
 
 def validate(raw: bytes) -> dict[str, Any]:
