@@ -19,6 +19,7 @@ from typing import Any
 from .cache import TieredCache
 from .clock import Clock
 from .config import Config
+from .costing import Costing
 from .logsetup import log_requests
 from .metrics import Metrics
 from .ratelimit import KeyLimiter
@@ -60,12 +61,15 @@ class RequestRecord:
     touched: str = ""  # the cache entry this request hit, for the batched hit count
     ts: float = 0.0  # wall-clock start, for the request log
     prompt: str | None = None  # the last user message, only with server.log_prompts
+    provider: str = ""  # who served the answer upstream (OpenRouter's `provider`)
+    session_id: str = ""  # the session_id sent upstream (OpenRouter sticky routing)
     failed_attempts: list[FailedAttempt] = field(default_factory=list)  # upstream calls this request made
 
 
 class Accounting:
     def __init__(self, config: Config, metrics: Metrics, limiter: KeyLimiter, reqlog: RequestLog | None,
-                 cache: TieredCache, keep: Callable[[asyncio.Task[Any]], None], clock: Clock) -> None:
+                 cache: TieredCache, keep: Callable[[asyncio.Task[Any]], None], clock: Clock,
+                 costing: Costing | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.limiter = limiter
@@ -74,6 +78,7 @@ class Accounting:
         self.keep = keep  # holds background work until it ends (waited for at shutdown)
         self.usage: dict[tuple[str, str], list[float]] = {}  # (key name, UTC day) -> [requests, tokens, usd]
         self.clock = clock
+        self.costing = costing or Costing(config)  # prices and the free quota (costing.py)
         self._pending: list[RequestRecord] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._pruned_at = 0.0
@@ -129,13 +134,17 @@ class Accounting:
         usage = ctx.usage
         prompt, completion, reasoning = usage.prompt, usage.completion, usage.reasoning
         from_cache = served_from_cache(ctx.cache)
-        cost = 0.0 if from_cache else usage.cost  # a coalesced follower's answer was paid by its leader
+        # spent $0 when served from cache (a coalesced follower's answer was paid by its leader)
+        money = self.costing.figures(ctx.cache, usage, *self.costing.where(ctx.route, ctx.alias, ctx.upstream_model))
+        cost, saved = money.spent, money.saved
         m = self.metrics
         m.request_done(ctx.alias or "-", ctx.status, ctx.cache, latency, ctx.ttfb, ctx.stream)
         if prompt or completion:
             m.tokens(ctx.alias or "-", prompt, completion, reasoning, cached=from_cache)
-        if from_cache and ctx.cost_saved:
-            m.cost_saved(ctx.cost_saved)
+        if not from_cache and (usage.cached or usage.cache_write or money.prefix_saved):
+            m.prefix_cache(ctx.alias or "-", usage.cached, usage.cache_write, money.prefix_saved)
+        if saved:
+            m.cost_saved(saved)
         if cost:
             m.cost_spent(cost)
         for attempt in ctx.failed_attempts:  # the flight's own record: one per failed upstream call
@@ -157,7 +166,10 @@ class Accounting:
                "latency_ms": round(latency * 1000, 3),
                "ttfb_ms": None if ctx.ttfb is None else round(ctx.ttfb * 1000, 3),
                "prompt_tokens": prompt, "completion_tokens": completion, "reasoning_tokens": reasoning,
-               "cost": cost, "cost_saved": ctx.cost_saved if from_cache else 0.0,
+               "cost": cost, "cost_saved": saved, "cost_source": money.source or None,
+               "cached_tokens": usage.cached, "cache_write_tokens": usage.cache_write,
+               "prefix_saved": money.prefix_saved, "failed_attempts": len(ctx.failed_attempts),
+               "provider": ctx.provider or None, "session_id": ctx.session_id or None,
                "request_bytes": ctx.request_bytes, "response_bytes": ctx.response_bytes,
                "generation_id": ctx.generation_id, "cache_key": ctx.cache_key, "prompt": ctx.prompt}
         return row

@@ -158,6 +158,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     gw = app[GATEWAY_KEY]
     store = app[STORE_KEY]
     beat = Heartbeat(gw.metrics.totals, lambda: gw.metrics.in_flight, lambda: store.db.write_errors)
+    beat.extra = gw.costing.quota_text  # "free requests left today: N (resets 00:00 UTC)"
 
     def reload() -> None:
         sdnotify.reloading()

@@ -29,6 +29,7 @@ from .cache.freshness import StaleFinder, no_stale, usable
 from .cache.keys import KeyMaker
 from .clock import Clock
 from .config import Config, KeyConfig
+from .costing import Costing
 from .errors import ProxyError
 from .flight import Flight, Flights, OnDone
 from .metrics import Metrics
@@ -63,8 +64,10 @@ class Gateway:
         self.auth = Auth(config.keys)
         self.limiter = KeyLimiter(config.keys)
         self.metrics = Metrics()
+        self.costing = Costing(config, session, reqlog.db if reqlog is not None else None, now=self.clock.now)
+        self.policy.on_attempt = self.costing.on_attempt
         self.accounting = Accounting(config, self.metrics, self.limiter, reqlog, self.cache, self.flights.keep,
-                                     self.clock)
+                                     self.clock, costing=self.costing)
         self.started_at = self.clock.now()
         self._idents: OrderedDict[bytes, RequestIdentity] = OrderedDict()
         self._rid = itertools.count(1)
@@ -73,6 +76,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.accounting.start()
+        await self.costing.start()
 
     def flush_accounting(self) -> None:
         """Account for every finished request now (tests and limits want current numbers)."""
@@ -85,6 +89,7 @@ class Gateway:
     async def stop(self, timeout: float) -> None:
         """Let flights that are finishing for the cache end, within ``timeout``; account for everything."""
         await self.flights.drain(timeout)
+        await self.costing.stop()
         self.flush_accounting()
 
     def reload(self, config: Config) -> None:
@@ -241,6 +246,7 @@ class Gateway:
             rec.cache = (MISS if cc.lookup else BYPASS) if self.cache.enabled else NONE
             assert ident.body is not None
             routes = self.router.routes(ident.model, ident.deployments, ident.body)
+            rec.session_id = str(routes[0].payload.get("session_id") or "") if routes else ""
             flight = self.flights.start(cache_key, ident.stream, routes, dict(request.headers), store=cc.store,
                                         on_done=self._storer(cache_key, cc, ident.canonical, rec.upstream_model))
             flight.max_event = self.config.stream.max_event_bytes

@@ -74,7 +74,8 @@ async def stats(request: web.Request) -> web.Response:
     await gw.refresh_cache_stats()
     live = {"upstreams": gw.policy.state(),
             "keys": {k.name: {"in_flight": gw.limiter.in_flight(k.name)} for k in gw.config.keys},
-            "degraded": gw.cache.degraded(), "tier_reports": gw.cache.reports()}
+            "degraded": gw.cache.degraded(), "tier_reports": gw.cache.reports(),
+            "free_quota": gw.costing.free_quota(), "free_quota_text": gw.costing.quota_text()}
     return web.json_response({**gw.metrics.snapshot(), **live})
 
 

@@ -34,6 +34,7 @@ class Heartbeat:
         self.clock = clock
         self.draining = False
         self.reload_error = ""  # the last rejected reload's reason, until a reload succeeds
+        self.extra: Callable[[], str] | None = None  # more to say, e.g. the free quota left (costing.py)
         self.watchdog_s = sdnotify.watchdog_interval(env)
         self._samples: deque[tuple[float, int, int]] = deque()  # (time, requests, write errors)
         self._task: asyncio.Task[None] | None = None
@@ -55,6 +56,9 @@ class Heartbeat:
         rate = (requests - requests0) * (60.0 / span if span > WINDOW_S else 1.0)  # the last minute's count
         hit_rate = 100.0 * hits / requests if requests else 0.0
         text = f"serving — {rate:.0f} req/min, hit rate {hit_rate:.0f} %"
+        more = self.extra() if self.extra is not None else ""
+        if more:
+            text += f" — {more}"
         problems = []
         if errors > errors0 or (span < 1.0 and errors):
             problems.append("database writes failing")

@@ -94,6 +94,9 @@ class Metrics:
         self._models: set[str] = set()
         self._usd_saved = 0.0
         self._usd_spent = 0.0
+        # the upstream's prompt cache (OpenRouter/DeepSeek): (model, "read"|"write") -> tokens, and USD saved
+        self._prefix_tokens: dict[tuple[str, str], int] = {}
+        self._usd_prefix_saved = 0.0
         self.in_flight = 0
         self._cache_rows: list[tuple[str, int, int]] = []
         self.registry = CollectorRegistry()
@@ -151,6 +154,14 @@ class Metrics:
         for kind, n in (("prompt", prompt), ("completion", completion), ("reasoning", reasoning)):
             if n:
                 t[(model, kind, source)] = t.get((model, kind, source), 0) + n
+
+    def prefix_cache(self, model: str, read: int, write: int, usd_saved: float) -> None:
+        """One upstream call's prompt-cache use: tokens read and written, and what the reads saved."""
+        model = self._model(model)
+        for kind, n in (("read", read), ("write", write)):
+            if n:
+                self._prefix_tokens[(model, kind)] = self._prefix_tokens.get((model, kind), 0) + n
+        self._usd_prefix_saved += usd_saved
 
     def cost_saved(self, usd: float) -> None:
         """Add the upstream price a cache hit avoided."""
@@ -212,6 +223,8 @@ class Metrics:
         for (upstream, kind), n in dict(self._upstream_errors).items():
             errors.setdefault(upstream, {})[kind] = n
         tokens = dict(self._tokens)
+        prefix_read = sum(n for (_m, kind), n in dict(self._prefix_tokens).items() if kind == "read")
+        upstream_prompt = sum(n for (_m, kind, src), n in tokens.items() if src == "upstream" and kind == "prompt")
         saved = sum(n for (_m, kind, src), n in tokens.items()
                     if src == "cache" and kind in ("prompt", "completion"))
         spent = sum(n for (_m, kind, src), n in tokens.items()
@@ -235,6 +248,9 @@ class Metrics:
             "tokens_spent": spent,
             "usd_saved": round(self._usd_saved, 6),
             "usd_spent": round(self._usd_spent, 6),
+            "usd_saved_prefix": round(self._usd_prefix_saved, 6),
+            "prefix_cached_tokens": prefix_read,
+            "prefix_hit_rate": round(prefix_read / upstream_prompt, 4) if upstream_prompt else 0.0,
             "in_flight": self.in_flight,
             "uptime_s": round(self.uptime_s(), 3),
         }
@@ -282,6 +298,15 @@ class _Collector(Collector):
         yield CounterMetricFamily("r1proxy_cost_saved_usd", "Upstream USD avoided by cache hits.",
                                   value=m._usd_saved)
         yield CounterMetricFamily("r1proxy_cost_spent_usd", "Upstream USD spent.", value=m._usd_spent)
+        yield CounterMetricFamily("r1proxy_cost_saved_prefix_usd",
+                                  "Upstream USD the provider's prompt cache saved on calls made.",
+                                  value=m._usd_prefix_saved)
+        pre = CounterMetricFamily("r1proxy_prefix_cache_tokens",
+                                  "Prompt tokens read from (read) or written to (write) the provider's prompt cache.",
+                                  labels=["model", "type"])
+        for (model, kind), n in dict(m._prefix_tokens).items():
+            pre.add_metric([model, kind], n)
+        yield pre
         yield GaugeMetricFamily("r1proxy_in_flight_requests", "Requests being served now.", value=m.in_flight)
         yield GaugeMetricFamily("r1proxy_uptime_seconds", "Seconds since this app instance started.",
                                 value=m.uptime_s())

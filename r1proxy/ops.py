@@ -20,6 +20,7 @@ import aiohttp
 from . import integrity
 from .cache.sqlite import SqliteTier
 from .config import Config, parse_duration
+from .costing import Costing
 from .db import Database
 from .reqlog import RequestLog
 
@@ -53,15 +54,19 @@ async def gather_stats(config: Config) -> dict[str, Any]:
     try:
         summary = await RequestLog(db).summary()
         disk = await SqliteTier(db).stats()
+        costing = Costing(config, None, db)  # the free quota as the database knows it (server down)
+        await costing.start()
+        free = costing.free_quota()
     finally:
         await db.close()
     out: dict[str, Any] = {"database": str(config.db_path), **summary,
                            "disk": {"entries": disk.entries, "stored_bytes": disk.bytes, "raw_bytes": disk.raw_bytes},
-                           "server": "down"}
+                           "server": "down", "free_quota": free}
     live = await live_stats(config)
     if live is not None:
         out["server"] = "up"
         out["live"] = live
+        out["free_quota"] = live.get("free_quota", free)
         out["memory"] = {"entries": live.get("l1_cache_size", 0), "bytes": live.get("l1_cache_bytes", 0)}
     return out
 
@@ -81,8 +86,10 @@ def format_stats(s: dict[str, Any]) -> str:
         f"  requests      today {t['requests']:>8}   all time {o['requests']:>8}",
         f"  hit rate      today {t['hit_rate']:>8.1%}   all time {o['hit_rate']:>8.1%}",
         f"  tokens saved  today {t['tokens_saved']:>8}   all time {o['tokens_saved']:>8}",
-        f"  $ saved       today {t['usd_saved']:>8.4f}   all time {o['usd_saved']:>8.4f}",
-        f"  $ spent       today {t['usd_spent']:>8.4f}   all time {o['usd_spent']:>8.4f}",
+        f"  $ spent       today {t['usd_spent']:>8.6f}   all time {o['usd_spent']:>8.6f}",
+        f"  $ saved       today {t['usd_saved']:>8.6f}   all time {o['usd_saved']:>8.6f}   (local cache)",
+        f"  $ saved       today {t.get('usd_prefix_saved', 0):>8.6f}   all time {o.get('usd_prefix_saved', 0):>8.6f}"
+        "   (upstream prompt cache)",
         f"  upstream errs today {t['upstream_errors']:>8}   all time {o['upstream_errors']:>8}",
         f"  disk cache    {d['entries']} entries, {_human(d['stored_bytes'])} stored "
         f"({_human(d['raw_bytes'])} raw)",
@@ -101,6 +108,9 @@ def format_stats(s: dict[str, Any]) -> str:
                          f"errors {redis['errors']}, dropped writes {redis['dropped_writes']}")
         for d in live.get("degraded", []):
             lines.append(f"  degraded: {d}")
+    for up, q in sorted((s.get("free_quota") or {}).items()):
+        lines.append(f"  free quota    {up}: free requests left today: {q['left_today']} of {q['limit_today']} "
+                     f"(resets {q['resets']})")
     if s["top_models"]:
         lines.append("  top models    " + ", ".join(f"{m['model']} ({m['requests']})" for m in s["top_models"]))
     return "\n".join(lines)

@@ -8,6 +8,7 @@ daily quota exhausted so later requests fail fast or fall back at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .balance import Balancer, retry_after_seconds
@@ -23,6 +24,7 @@ class UpstreamPolicy(Hooks):
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or Clock()
+        self.on_attempt: Callable[[Route, int, Any], None] | None = None  # told of every attempt's status
         now = self.clock.monotonic
         self._now = now
         self.pacers: dict[int, UpstreamPacer] = {}
@@ -98,6 +100,8 @@ class UpstreamPolicy(Hooks):
 
     def after_attempt(self, route: Route, token: Any, status: int, ttfb: float | None,
                       retry_after: float | None, payload: Any) -> None:
+        if self.on_attempt is not None:  # the free quota counts every call (costing.Costing.on_attempt)
+            self.on_attempt(route, status, payload)
         dep = route.deployment
         if dep is None:
             return

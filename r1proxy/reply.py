@@ -59,6 +59,7 @@ def send_entry(rec: RequestRecord, entry: CacheEntry, tier: str, *, stream: bool
         cache.note_rendered(entry, variant, body)
     rec.usage = Usage.of_completion(entry.completion)
     rec.cost_saved = entry.cost
+    rec.provider = str(entry.completion.get("provider") or "")
     rec.ttfb = clock.monotonic() - rec.t0
     rec.response_bytes = len(body)
     headers = headers_for(rec, tier, now - entry.created_at)
@@ -82,6 +83,7 @@ def take_outcome(rec: RequestRecord, flight: Flight) -> None:
         rec.ttfb = rec.ttfb if rec.ttfb is not None else flight.outcome.ttfb
     if flight.result is not None:
         rec.usage = Usage.of_completion(flight.result)
+        rec.provider = str(flight.result.get("provider") or "")
 
 
 async def follow_json(rec: RequestRecord, flight: Flight, mode: str,

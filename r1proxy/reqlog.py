@@ -33,7 +33,7 @@ ON CONFLICT (key_name, day) DO UPDATE SET
 """
 _LOAD_USAGE = "SELECT key_name, requests, tokens, usd FROM key_usage WHERE day = ?"
 
-_TOTALS = ("requests", "hits", "tokens_saved", "usd_saved", "upstream_errors", "usd_spent")
+_TOTALS = ("requests", "hits", "tokens_saved", "usd_saved", "upstream_errors", "usd_spent", "usd_prefix_saved")
 _SUM_DAILY = (f"SELECT {', '.join(f'COALESCE(SUM({c}), 0)' for c in _TOTALS)} FROM v_daily "
               "WHERE day >= ?")
 _TOP_MODELS = """

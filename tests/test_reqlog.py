@@ -106,5 +106,5 @@ async def test_summary_async_and_sync_agree(tmp_path: Path) -> None:
 async def test_summary_of_an_empty_log(db: Database) -> None:
     got = await RequestLog(db).summary(now=DAY1)
     assert got["overall"] == {"requests": 0, "hits": 0, "tokens_saved": 0, "usd_saved": 0,
-                              "upstream_errors": 0, "usd_spent": 0, "hit_rate": 0.0}
+                              "upstream_errors": 0, "usd_spent": 0, "usd_prefix_saved": 0, "hit_rate": 0.0}
     assert got["top_models"] == []

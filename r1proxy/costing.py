@@ -1,0 +1,152 @@
+"""Money per request: what was spent upstream, what the local cache saved, what the upstream's
+prompt cache saved, and whether a figure was reported by the upstream or computed from prices.
+
+``Costing`` is one app's owner of the ``PriceBook``, the ``FreeQuota`` and the ``AccountWatch``
+that keeps both current. ``figures`` is the one rule for a request's money (docs/cost.md §8):
+
+- a request that made its own upstream call spent the upstream's ``usage.cost`` when it sent one
+  ("reported"), else prompt/cached/completion tokens x the applicable prices ("computed");
+- a request served from the cache (HIT, STALE, a coalesced follower) spent $0 and saved what the
+  answer it got cost when it was bought (reported, or computed the same way);
+- the upstream's prompt cache saved ``cache_discount`` when reported, else cached tokens x
+  (prompt price - cache-read price); nothing when no price is known.
+
+``on_attempt`` sees every upstream attempt (the policy calls it) and counts ``:free`` calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from .config import Config, ModelConfig
+from .db import Database
+from .openrouter import AccountWatch
+from .prices import Price, PriceBook, cost_of, prefix_saving
+from .quota import FreeQuota, is_free_model
+from .route import Route
+from .rules import is_daily_quota, served_from_cache
+from .usage import Usage
+
+log = logging.getLogger("r1proxy")
+
+REPORTED, COMPUTED = "reported", "computed"
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    spent: float = 0.0  # paid upstream for this request
+    saved: float = 0.0  # by the local cache (served from it)
+    prefix_saved: float = 0.0  # by the upstream's prompt cache, on a call this request made
+    source: str = ""  # REPORTED, COMPUTED, or "" when no figure is known
+
+
+NO_MONEY = Money()
+
+
+class Costing:
+    def __init__(self, config: Config, session: aiohttp.ClientSession | None = None, db: Database | None = None,
+                 *, now: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.config = config
+        self.prices = PriceBook(config, db, now=now or time.time)
+        self.quota = FreeQuota(db, now=now or time.time)
+        self.watch = AccountWatch(config, session, self.prices, self.quota) if session is not None else None
+        self._deployments: dict[tuple[str, str], ModelConfig | None] = {}
+        aliases = config.aliases()
+        self._alias_first = {name: (deps[0].upstream, deps[0].model) for name, deps in aliases.items()}
+        # the upstreams whose free quota is worth showing: OpenRouter ones with a :free model configured
+        self.free_upstreams = sorted({m.upstream for m in config.models if is_free_model(m.model)
+                                      and config.upstreams[m.upstream].is_openrouter})
+
+    async def start(self) -> None:
+        """Prices and quota from the database (offline and after a restart), then the account watch."""
+        await self.prices.load()
+        await self.quota.load()
+        if self.watch is not None:
+            self.watch.start()
+
+    async def stop(self) -> None:
+        if self.watch is not None:
+            await self.watch.stop()
+
+    # -- prices ------------------------------------------------------------------------------
+
+    def _deployment(self, upstream: str, model: str) -> ModelConfig | None:
+        key = (upstream, model)
+        if key not in self._deployments:
+            self._deployments[key] = next((m for m in self.config.models if m.upstream == upstream
+                                           and m.model == model), None)
+        return self._deployments[key]
+
+    def where(self, route: str, alias: str, upstream_model: str) -> tuple[str, str]:
+        """(upstream name, model id) that answered: the flight's route label ("upstream/model"), or for
+        a cache hit the alias's first deployment (what its cache key stands for)."""
+        if route and "/" in route:
+            up, _, model = route.partition("/")
+            return up, model
+        if alias in self._alias_first:
+            return self._alias_first[alias]
+        return self.config.server.default_upstream, upstream_model or alias
+
+    def price(self, upstream: str, model: str) -> Price | None:
+        return self.prices.lookup(upstream, model, self._deployment(upstream, model))
+
+    # -- money -------------------------------------------------------------------------------
+
+    def figures(self, cache: str, usage: Usage, upstream: str, model: str) -> Money:
+        """The money of one finished request (see the module docstring)."""
+        if not (usage.prompt or usage.completion or usage.cost_reported):
+            return NO_MONEY
+        price = self.price(upstream, model)
+        if usage.cost_reported:
+            value, source = usage.cost, REPORTED
+        elif price is not None:
+            value, source = cost_of(price, usage.prompt, usage.completion, usage.cached, usage.cache_write), COMPUTED
+        else:
+            value, source = 0.0, ""
+        if served_from_cache(cache):
+            return Money(0.0, value, 0.0, source)
+        if usage.cache_discount is not None:
+            prefix = usage.cache_discount
+        else:
+            prefix = prefix_saving(price, usage.cached) if price is not None else 0.0
+        return Money(value, 0.0, prefix, source)
+
+    # -- the free quota ----------------------------------------------------------------------
+
+    def on_attempt(self, route: Route, status: int, payload: Any) -> None:
+        """One upstream attempt ended with ``status`` (0: no connection); counts ``:free`` calls."""
+        up = route.upstream
+        if not up.is_openrouter or route.deployment is None:
+            return
+        model = route.deployment.model
+        if not is_free_model(model):
+            return
+        err = payload.get("error") if isinstance(payload, Mapping) else None
+        message = str(err.get("message", "")) if isinstance(err, Mapping) else ""
+        if is_daily_quota(status, message):
+            meta = err.get("metadata") if isinstance(err, Mapping) else None
+            headers = meta.get("headers") if isinstance(meta, Mapping) else None
+            self.quota.exhausted(up.name, {str(k): str(v) for k, v in headers.items()}
+                                 if isinstance(headers, Mapping) else None)
+            return
+        self.quota.count(up.name, model, status)
+
+    def free_quota(self) -> dict[str, dict[str, Any]]:
+        """Per OpenRouter upstream with a ``:free`` model: used, limit and left today (for /stats)."""
+        return self.quota.status(self.free_upstreams)
+
+    def quota_text(self) -> str:
+        """"free requests left today: N (resets 00:00 UTC)" (per upstream when there are several)."""
+        ups = self.free_upstreams
+        if not ups:
+            return ""
+        if len(ups) == 1:
+            return self.quota.text(ups[0])
+        return "; ".join(f"{u}: {self.quota.text(u)}" for u in ups)

@@ -1,0 +1,163 @@
+"""Money per request through the whole proxy: reported vs computed cost, hits saved, the upstream's
+prompt cache, config prices, the free quota in /stats and the status text."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from r1proxy.appkeys import GATEWAY_KEY, STORE_KEY
+from tests.conftest import LOCAL_KEY
+from tests.fake_upstream import PRICES, Script
+from tests.roo import roo_body
+
+AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
+P = float(PRICES["deepseek/deepseek-r1"]["prompt"])
+C = float(PRICES["deepseek/deepseek-r1"]["completion"])
+READ = float(PRICES["deepseek/deepseek-r1"]["input_cache_read"])
+
+
+async def until(cond: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def started(proxy: Any, **sections: Any) -> Any:
+    """A proxy whose account watch has read the fake's /models (prices known)."""
+    client = await proxy(**sections)
+    gw = client.app[GATEWAY_KEY]
+    await until(lambda: gw.costing.prices.lookup("openrouter", "deepseek/deepseek-r1") is not None, "prices")
+    return client
+
+
+async def post(client: Any, body: dict[str, Any], rid: str) -> dict[str, Any]:
+    r = await client.post("/chat/completions", json=body, headers={**AUTH, "X-Request-Id": rid})
+    assert r.status == 200, await r.text()
+    return dict(await r.json())
+
+
+async def rows(client: Any) -> dict[str, dict[str, Any]]:
+    gw = client.app[GATEWAY_KEY]
+    await gw.stop(5)
+    db = client.app[STORE_KEY].db
+    await db.flush()
+    cols = ("request_id", "cache", "cost", "cost_saved", "cost_source", "prefix_saved", "cached_tokens",
+            "cache_write_tokens", "prompt_tokens", "completion_tokens", "reasoning_tokens", "provider")
+    got = await db.fetchall(f"SELECT {', '.join(cols)} FROM requests")
+    return {r[0]: dict(zip(cols, r, strict=True)) for r in got}
+
+
+async def test_reported_cost_is_the_record_and_a_hit_saves_it(proxy: Any, fake_server: Any) -> None:
+    client = await started(proxy)
+    miss = await post(client, roo_body(stream=False), "m")
+    await post(client, roo_body(stream=False), "h")
+    got = await rows(client)
+    assert got["m"]["cost"] == miss["usage"]["cost"] and got["m"]["cost_source"] == "reported"
+    assert got["m"]["provider"] == "FakeProvider" and got["m"]["reasoning_tokens"] > 0
+    assert (got["h"]["cache"], got["h"]["cost"], got["h"]["cost_saved"]) == ("HIT", 0, miss["usage"]["cost"])
+
+
+async def test_without_a_reported_cost_it_is_computed_from_listed_prices(proxy: Any, fake_server: Any) -> None:
+    client = await started(proxy)
+    fake_server.script(Script(report_cost=False, cached_tokens=40))
+    miss = await post(client, roo_body(stream=False), "m")
+    assert "cost" not in miss["usage"]
+    u = miss["usage"]
+    expected = (u["prompt_tokens"] - 40) * P + 40 * READ + u["completion_tokens"] * C
+    await post(client, roo_body(stream=False), "h")
+    got = await rows(client)
+    assert got["m"]["cost_source"] == "computed" and got["m"]["cost"] == pytest.approx(expected, rel=1e-9)
+    assert got["m"]["prefix_saved"] == pytest.approx(40 * (P - READ), rel=1e-9)
+    assert got["h"]["cost_saved"] == pytest.approx(expected, rel=1e-9) and got["h"]["cost_source"] == "computed"
+
+
+async def test_config_prices_override_the_list(proxy: Any, fake_server: Any) -> None:
+    client = await started(proxy, models=[{"name": "r1", "model": "deepseek/deepseek-r1",
+                                           "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 4.0}])
+    fake_server.script(Script(report_cost=False))
+    miss = await post(client, roo_body(model="r1", stream=False), "m")
+    u = miss["usage"]
+    got = await rows(client)
+    assert got["m"]["cost"] == pytest.approx(u["prompt_tokens"] * 1e-6 + u["completion_tokens"] * 4e-6, rel=1e-9)
+
+
+async def test_upstream_prompt_cache_saving_in_the_log_stats_and_metrics(proxy: Any, fake_server: Any) -> None:
+    client = await started(proxy)
+    fake_server.script(Script(cached_tokens=30, cache_write_tokens=5))
+    miss = await post(client, roo_body(stream=False), "m")
+    assert miss["usage"]["prompt_tokens_details"]["cached_tokens"] == 30
+    assert miss["usage"]["cache_read_input_tokens"] == 30  # what Roo reads
+    stats = await (await client.get("/stats")).json()
+    assert stats["usd_saved_prefix"] == pytest.approx(30 * (P - READ), abs=1e-6)
+    assert stats["prefix_cached_tokens"] == 30 and 0 < stats["prefix_hit_rate"] < 1
+    text = await (await client.get("/metrics")).text()
+    assert 'r1proxy_prefix_cache_tokens_total{model="deepseek-r1",type="read"} 30.0' in text
+    assert 'r1proxy_prefix_cache_tokens_total{model="deepseek-r1",type="write"} 5.0' in text
+    got = await rows(client)
+    assert (got["m"]["cached_tokens"], got["m"]["cache_write_tokens"]) == (30, 5)
+    db = client.app[STORE_KEY].db
+    day = await db.fetchone("SELECT usd_prefix_saved, upstream_cached_tokens, prefix_hit_rate FROM v_daily")
+    assert day is not None and day[0] == pytest.approx(30 * (P - READ)) and day[1] == 30 and day[2] > 0
+
+
+async def test_free_quota_counts_upstream_calls_only(proxy: Any, fake_server: Any) -> None:
+    client = await proxy()
+    gw = client.app[GATEWAY_KEY]
+    await until(lambda: "openrouter" in gw.costing.quota.keys, "/key")
+    body = roo_body(model="deepseek-r1-free", stream=False)
+    await post(client, body, "a")
+    await post(client, body, "b")  # a hit: no quota spent
+    fake_server.script(Script(delay_first_byte=0.2))
+    other = roo_body(text="another task", model="deepseek-r1-free", stream=False)
+    await asyncio.gather(*(post(client, other, f"c{i}") for i in range(3)))  # one call, two followers
+    stats = await (await client.get("/stats")).json()
+    assert stats["free_quota"]["openrouter"]["used_today"] == 2
+    assert stats["free_quota"]["openrouter"]["left_today"] == 48  # the fake's key is on the free tier
+    assert stats["free_quota_text"] == "free requests left today: 48 (resets 00:00 UTC)"
+
+
+async def test_daily_limit_429_sets_the_quota_from_its_headers(proxy: Any, fake_server: Any) -> None:
+    client = await proxy()
+    fake_server.script(Script(daily_quota=True))
+    r = await client.post("/chat/completions", json=roo_body(model="deepseek-r1-free", stream=False), headers=AUTH)
+    assert r.status == 429
+    stats = await (await client.get("/stats")).json()
+    assert stats["free_quota"]["openrouter"]["left_today"] == 0
+
+
+def test_status_text_carries_the_free_quota() -> None:
+    from r1proxy.heartbeat import Heartbeat
+
+    beat = Heartbeat(lambda: (10, 4), lambda: 0, lambda: 0, env={})
+    beat.extra = lambda: "free requests left today: 7 (resets 00:00 UTC)"
+    assert beat.text().endswith("hit rate 40 % — free requests left today: 7 (resets 00:00 UTC)")
+
+
+async def test_r1proxy_stats_shows_spent_saved_prefix_saved_and_free_quota(
+        proxy: Any, fake_server: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from r1proxy.cli import main
+    from tests.test_cli import write_config
+
+    client = await started(proxy)
+    fake_server.script(Script(cached_tokens=30))
+    await post(client, roo_body(stream=False), "m")
+    await post(client, roo_body(stream=False), "h")
+    await post(client, roo_body(model="deepseek-r1-free", stream=False), "f")
+    await client.close()
+    cfg = str(write_config(tmp_path, fake_server.base_url))
+
+    def run() -> str:
+        assert main(["--config", cfg, "stats"]) == 0
+        return capsys.readouterr().out
+
+    out = await asyncio.to_thread(run)
+    lines = {line.split("today")[0].strip(): line for line in out.splitlines() if "today" in line}
+    assert "(local cache)" in out and "(upstream prompt cache)" in out, out
+    assert "free quota    openrouter: free requests left today: 49 of 50 (resets 00:00 UTC)" in out, out
+    assert any(k.startswith("$ spent") for k in lines) and float(lines["$ spent"].split()[3]) > 0
