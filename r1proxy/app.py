@@ -32,6 +32,7 @@ from .handlers import setup_routes
 from .heartbeat import Heartbeat
 from .reqlog import RequestLog
 from .store import Store
+from .ui import setup_ui
 
 log = logging.getLogger("r1proxy")
 
@@ -45,6 +46,7 @@ def create_app(config: Config, clock: Clock | None = None) -> web.Application:
     app[CLOCK_KEY] = clock or Clock()
     setup_routes(app)
     guard.setup(app)
+    setup_ui(app)
     app.cleanup_ctx.append(http_session_ctx)
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(gateway_ctx)

@@ -60,6 +60,7 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     hit_usage: Literal["real", "cache-read"] = "real"
+    admin_key: str = ""
 
     @property
     def max_request_bytes(self) -> int:
@@ -310,6 +311,8 @@ class Config:
         d["cache"]["redis"]["password"] = "(set)" if self.cache.redis.password else "(none)"
         if self.server.metrics_key:
             d["server"]["metrics_key"] = "(set)"
+        if self.server.admin_key:
+            d["server"]["admin_key"] = "(set)"
         return d
 
 

@@ -8,7 +8,7 @@
   ``server.cors_origins`` (403 otherwise). Roo Code (Node) sends no Origin and is unaffected.
 - A POST must declare ``Content-Type: application/json`` (415): a browser can send ``text/plain``
   cross-origin without a preflight, never ``application/json``. A body over the size limit is
-  a 413 first.
+  a 413 first. The dashboard's forms under ``/ui/`` are exempt: each carries a CSRF token.
 - ``OPTIONS`` from an allowed origin is a CORS preflight answered here; ``cors_headers``
   (an ``on_response_prepare`` hook, so streamed replies get them too) adds ``Access-Control-*``
   to the replies of allowed cross-origin requests.
@@ -31,6 +31,7 @@ ALLOW_HEADERS = ("Authorization, Content-Type, Cache-Control, X-Request-Id, X-Ap
                  "X-Stainless-Runtime, X-Stainless-Runtime-Version, X-Stainless-Retry-Count, X-Stainless-Timeout")
 EXPOSE_HEADERS = ("X-Cache, X-Cache-Key, X-Cache-Tier, X-Request-Id, X-R1proxy-Route, Age, Retry-After, "
                   "x-should-retry, X-Generation-Id")
+FORM_PATHS = ("/ui/",)  # POSTs answered by HTML forms, not JSON
 _ORIGIN_OK = web.RequestKey("r1proxy_origin_ok", str)
 
 
@@ -93,7 +94,8 @@ async def guard_middleware(request: web.Request, handler: Any) -> web.StreamResp
     if request.method == "POST":
         if request.content_length is not None and request.content_length > server.max_request_bytes:
             raise ProxyError(413, "Request body too large (see server.max_request_mb)")
-        if not _is_json(request.headers.get("Content-Type", "")):
+        # the dashboard's HTML forms (r1proxy.ui) carry their own CSRF token and same-origin check
+        if not _is_json(request.headers.get("Content-Type", "")) and not request.path.startswith(FORM_PATHS):
             raise ProxyError(415, "Content-Type must be application/json", code="unsupported_media_type")
     return await handler(request)
 

@@ -9,7 +9,7 @@ are returned like fresh ones and leave only by LRU eviction or ``delete()``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -104,6 +104,13 @@ class MemoryTier:
 
     async def delete(self, key: str) -> bool:
         return self._drop(key)
+
+    def drop_where(self, pred: Callable[[CacheEntry], bool]) -> int:
+        """Remove every entry for which ``pred`` is true (the dashboard's purge by model or age)."""
+        keys = [k for k, e in self._items.items() if pred(e)]
+        for k in keys:
+            self._drop(k)
+        return len(keys)
 
     def clear(self) -> None:
         self._items.clear()
