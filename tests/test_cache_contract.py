@@ -148,6 +148,22 @@ async def test_touch_counts_hits(tut: TierUnderTest) -> None:
     assert (got.hits, got.last_hit_at) == (2, 1600.0)
 
 
+async def test_touch_many_counts_every_hit_in_order(tut: TierUnderTest) -> None:
+    """What production calls (TieredCache.touch_slow batches the hot path's hits into touch_many)."""
+    await tut.tier.put(make_entry("v1:a"))
+    await tut.tier.put(make_entry("v1:b"))
+    await tut.settle()
+    await tut.tier.touch_many([])  # an empty batch is fine
+    await tut.tier.touch_many([("v1:a", 1500.0), ("v1:b", 1550.0), ("v1:missing", 1560.0), ("v1:a", 1600.0)])
+    await tut.tier.touch_many([("v1:b", 1700.0)])
+    await tut.settle()
+    a, b = await tut.tier.get("v1:a"), await tut.tier.get("v1:b")
+    assert a is not None and b is not None
+    assert (a.hits, a.last_hit_at) == (2, 1600.0)
+    assert (b.hits, b.last_hit_at) == (2, 1700.0)
+    assert await tut.tier.get("v1:missing") is None  # a hit on an absent key creates nothing
+
+
 async def test_stats(tut: TierUnderTest) -> None:
     empty = await tut.tier.stats()
     assert (empty.name, empty.entries, empty.bytes) == (tut.tier.name, 0, 0)
