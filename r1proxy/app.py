@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import guard, integrity, redact, sdnotify, shutdown
+from . import guard, integrity, redact, sdnotify, shutdown, statelock
 from .appkeys import CLOCK_KEY, CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY
 from .cache import CacheTier, MemoryTier, NullCache, TieredCache
 from .cache.sqlite import SqliteTier
@@ -136,6 +136,19 @@ def check_bind(config: Config) -> None:
 
 async def serve(config: Config, config_path: str | None = None) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads keys and limits from the config file."""
+    try:  # first: a second server says one thing, that it is the second
+        state_lock = statelock.acquire(config.state_path)
+    except statelock.StateLocked as e:
+        raise SystemExit(f"r1proxy: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"r1proxy: cannot lock the state directory {config.state_path}: {e.strerror}") from None
+    try:
+        await _serve_locked(config, config_path)
+    finally:
+        state_lock.release()
+
+
+async def _serve_locked(config: Config, config_path: str | None) -> None:
     check_bind(config)
     for up in config.upstreams.values():
         if not up.api_key and up.name == config.server.default_upstream:

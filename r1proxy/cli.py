@@ -9,7 +9,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from .config import ConfigError, load_config
 
@@ -18,14 +19,36 @@ from .config import ConfigError, load_config
 EXIT_CONFIG = 78
 
 
+class _ArgParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (not the usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"r1proxy: {self.prog.removeprefix('r1proxy').strip() or 'error'}: {message} (see --help)\n")
+
+
+def _bounded(kind: type, lo: float, hi: float) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not (lo <= v <= hi):  # also false for NaN
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({lo:g} to {hi:g})")
+        return v
+    return parse
+
+
+_COUNT = _bounded(int, 1, 1_000_000)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="r1proxy", description="Local caching gateway for Roo Code → OpenRouter (R1).")
+    p = _ArgParser(prog="r1proxy", description="Local caching gateway for Roo Code → OpenRouter (R1).")
     p.add_argument("--config", metavar="PATH", help="config file (default: search $R1PROXY_CONFIG, ./config.toml, "
                                                     "~/.config/r1proxy/config.toml, /etc/r1proxy/config.toml)")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     s = sub.add_parser("serve", help="run the proxy")
     s.add_argument("--host", help="override server.host")
-    s.add_argument("--port", type=int, help="override server.port")
+    s.add_argument("--port", type=_bounded(int, 0, 65535), help="override server.port")
     sub.add_parser("check-config", help="print the resolved config with secrets redacted")
     k = sub.add_parser("keys", help="local API keys")
     ksub = k.add_subparsers(dest="keys_cmd", metavar="ACTION")
@@ -33,13 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     kn.add_argument("name")
     st = sub.add_parser("stats", help="hit rate, savings, cache sizes (live when the server is up)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
-    st.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+    st.add_argument("--watch", nargs="?", type=_bounded(float, 0.1, 86400), const=2.0, metavar="SECONDS",
                     help="refresh every SECONDS (default 2): a live monitor")
     c = sub.add_parser("cache", help="inspect and manage the cache database")
     csub = c.add_subparsers(dest="cache_cmd", metavar="ACTION")
     ls = csub.add_parser("ls", help="most recently used entries")
     ls.add_argument("--model", help="only this upstream model")
-    ls.add_argument("-n", type=int, default=50, help="how many (default 50)")
+    ls.add_argument("-n", type=_COUNT, default=50, help="how many (default 50)")
     show = csub.add_parser("show", help="one entry: the canonical request and the stored answer")
     show.add_argument("key")
     pg = csub.add_parser("purge", help="delete entries (by model, by age, or all)")
@@ -49,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     csub.add_parser("vacuum", help="reclaim free space in the database file")
     td = csub.add_parser("train-dict", help="train a zstd dictionary from stored entries (new entries use it "
                                             "after the server restarts; old ones stay readable)")
-    td.add_argument("--samples", type=int, default=2000, help="entries to learn from (default 2000)")
+    td.add_argument("--samples", type=_COUNT, default=2000, help="entries to learn from (default 2000)")
     csub.add_parser("path", help="print the database path (for sqlite3)")
     ck = csub.add_parser("check", help="check the database file (PRAGMA quick_check; read-only, safe while serving)")
     ck.add_argument("--full", action="store_true", help="PRAGMA integrity_check: slower, also checks indexes")
@@ -62,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
                                                                   "'-' for stdout)")
     il.add_argument("--force", action="store_true", help="overwrite an existing output file")
     lg = sub.add_parser("logs", help="the request log (no prompts)")
-    lg.add_argument("-n", type=int, default=20, help="how many rows (default 20)")
+    lg.add_argument("-n", type=_COUNT, default=20, help="how many rows (default 20)")
     lg.add_argument("--follow", "-f", action="store_true", help="keep printing new requests")
     lg.add_argument("--errors", action="store_true", help="only failed requests")
     return p
@@ -123,7 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, (OpsError, DatabaseUnavailable, OSError)):
             print(f"r1proxy: {e}", file=sys.stderr)
             return 1
-        raise
+        text = " ".join(str(e).split())[:300]
+        print(f"r1proxy: {args.cmd} failed: {type(e).__name__}: {text}", file=sys.stderr)
+        return 1
     p.print_help()
     return 2
 

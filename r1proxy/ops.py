@@ -171,6 +171,8 @@ async def _cache(config: Config, action: str, **kw: Any) -> int:
             dest = Path(kw["dest"]).expanduser()
             if dest.exists():
                 raise OpsError(f"{dest} already exists; choose a new file")
+            if not dest.parent.is_dir():
+                raise OpsError(f"cannot back up to {dest}: directory {dest.parent} does not exist")
             await db.execute("VACUUM INTO ?", (str(dest),))
             print(f"backed up {config.db_path} to {dest}")
         return 0
