@@ -82,6 +82,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                     db.recovered_from)
     cache: TieredCache = NullCache()
     disk: SqliteTier | None = None
+    coalescer = None
     if config.cache.enabled:
         memory = MemoryTier(int(config.cache.memory_mb * 1024 * 1024)) if config.cache.memory_mb else None
         compression = Compression(db=db)
@@ -93,10 +94,17 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         if config.cache.redis.enabled:
             from .cache.redistier import RedisTier, connect
 
-            tiers.append(RedisTier(connect(config.cache.redis), config.cache.redis,
-                                   stale_if_error=config.cache.stale_if_error, compression=compression))
+            rcfg = config.cache.redis
+            shared = RedisTier(connect(rcfg), rcfg, stale_if_error=config.cache.stale_if_error,
+                               compression=compression)
+            tiers.append(shared)
+            if rcfg.coalesce:
+                from .coalesce import BLOCK_S, Coalescer
+
+                blocking = connect(rcfg, socket_timeout=BLOCK_S + 2 * rcfg.timeout + 0.5)
+                coalescer = Coalescer(shared.client, blocking, rcfg, shared.breaker)
         cache = TieredCache(memory, tiers)
-    app[STORE_KEY] = Store(db, cache, RequestLog(db))
+    app[STORE_KEY] = Store(db, cache, RequestLog(db), coalescer)
     checking = None
     if unclean and not failed:
         off = disk.disable if disk is not None else (lambda why: None)
@@ -107,6 +115,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         if checking is not None:
             checking.cancel()
             await asyncio.gather(checking, return_exceptions=True)
+        if coalescer is not None:
+            await coalescer.close()
         await cache.close()
         await db.close()
         integrity.mark_closed(path)
@@ -115,7 +125,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     store = app[STORE_KEY]
-    gw = Gateway(config, app[HTTP_SESSION_KEY], cache=store.cache, reqlog=store.reqlog, clock=app[CLOCK_KEY])
+    gw = Gateway(config, app[HTTP_SESSION_KEY], cache=store.cache, reqlog=store.reqlog, clock=app[CLOCK_KEY],
+                 shared=store.coalescer)
     await gw.start()
     app[GATEWAY_KEY] = gw
     yield

@@ -168,6 +168,8 @@ class RedisConfig:
     timeout: float = duration(0.1, above=0.0)  # a lookup needs a bound
     breaker_failures: int = field(default=5, metadata={MIN_KEY: 1})
     breaker_reset: float = duration(30.0)
+    coalesce: bool = True
+    lock_ttl: float = duration(10.0, at_least=1.0)  # a dead leader's lock expires after this
     password: str = derived("", repr=False)
 
     @property

@@ -8,7 +8,9 @@ so an answer can still be finished and cached after its client left.
 
 ``Flights`` is the registry of flights in progress: it starts, joins, counts followers,
 cancels an abandoned flight and runs the completion callback; nothing else touches a
-flight's lifecycle.
+flight's lifecycle. With a ``Shared`` coordinator (Redis, ``r1proxy.coalesce``), a flight first
+asks it whether another process already leads the same call: then the flight follows that
+leader's frames instead of calling upstream (``remote``), and otherwise leads and is published.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -32,6 +34,15 @@ from .sse import DEFAULT_MAX_EVENT, EventTooLarge, SSEParser, comment_frame, dat
 from .upstream import UpstreamError, open_response, read_body, read_error, request_headers, response_headers, sse_json
 
 log = logging.getLogger("r1proxy")
+
+
+class Shared(Protocol):
+    """Coalescing across processes (``r1proxy.coalesce.Coalescer``)."""
+
+    async def follow(self, flight: Flight) -> bool:
+        """True when another process's call answered this flight (it is complete but for ``finished``);
+        False when this process must call upstream itself (and may publish the flight as it runs)."""
+
 
 class Flight:
     def __init__(self, key: str, stream: bool) -> None:
@@ -52,7 +63,17 @@ class Flight:
         self.followers = 0
         self.task: asyncio.Task[None] | None = None
         self.max_event = DEFAULT_MAX_EVENT  # stream.max_event_mb
+        self.shared: Shared | None = None
+        self.remote = False  # answered by another process's upstream call (coalesced across processes)
         self._ev = asyncio.Event()
+
+    def changed(self) -> None:
+        """Wake followers: items, ``started``, ``result`` or ``error`` changed (for ``Shared``)."""
+        self._notify()
+
+    def fail(self, err: ProxyError) -> None:
+        """End with an error: an in-stream error event when data already went out."""
+        self._fail(err)
 
     def _notify(self) -> None:
         ev, self._ev = self._ev, asyncio.Event()
@@ -74,7 +95,8 @@ class Flight:
     async def run(self, session: aiohttp.ClientSession, routes: list[Route], client_headers: dict[str, str],
                   retry: RetryConfig, hooks: Hooks, on_done: Callable[[Flight], Awaitable[None]]) -> None:
         try:
-            await self._run(session, routes, client_headers, retry, hooks)
+            if self.shared is None or not await self.shared.follow(self):
+                await self._run(session, routes, client_headers, retry, hooks)
         except asyncio.CancelledError:
             self.error = self.error or ProxyError(499, "request cancelled", type="cancelled")
             raise
@@ -265,10 +287,12 @@ class Flights(Mapping[str, Flight]):
     more when the answer need not be finished for the cache.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, retry: RetryConfig, hooks: Hooks) -> None:
+    def __init__(self, session: aiohttp.ClientSession, retry: RetryConfig, hooks: Hooks,
+                 shared: Shared | None = None) -> None:
         self.session = session
         self.retry = retry
         self.hooks = hooks
+        self.shared = shared
         self._live: dict[str, Flight] = {}
         self.tasks: set[asyncio.Task[Any]] = set()  # flights and the work they leave behind
 
@@ -291,6 +315,7 @@ class Flights(Mapping[str, Flight]):
         """Start one upstream call; ``on_done`` runs when it ends (registered under ``key`` when set)."""
         flight = Flight(key, stream)
         flight.store = store
+        flight.shared = self.shared if key else None  # only a cache key identifies a call across processes
 
         async def done(f: Flight) -> None:
             if key and self._live.get(key) is f:

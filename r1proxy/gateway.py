@@ -31,7 +31,7 @@ from .clock import Clock
 from .config import Config, KeyConfig
 from .costing import Costing
 from .errors import ProxyError
-from .flight import Flight, Flights, OnDone
+from .flight import Flight, Flights, OnDone, Shared
 from .metrics import Metrics
 from .policy import UpstreamPolicy
 from .ratelimit import KeyLimiter
@@ -51,7 +51,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 class Gateway:
     def __init__(self, config: Config, session: aiohttp.ClientSession, cache: TieredCache | None = None,
-                 reqlog: RequestLog | None = None, clock: Clock | None = None) -> None:
+                 reqlog: RequestLog | None = None, clock: Clock | None = None, shared: Shared | None = None) -> None:
         self.config = config
         self.cache = cache if cache is not None else NullCache()
         self.reqlog = reqlog
@@ -59,7 +59,7 @@ class Gateway:
         self.policy = UpstreamPolicy(config, self.clock)
         self.router = Router(config, self.policy)
         self.aliases = self.router.aliases
-        self.flights = Flights(session, config.retry, self.policy)
+        self.flights = Flights(session, config.retry, self.policy, shared)
         self.keys = KeyMaker(config.cache.ignore_patterns, config.cache.namespace)
         self.auth = Auth(config.keys)
         self.limiter = KeyLimiter(config.keys)

@@ -76,6 +76,9 @@ async def stats(request: web.Request) -> web.Response:
             "keys": {k.name: {"in_flight": gw.limiter.in_flight(k.name)} for k in gw.config.keys},
             "degraded": gw.cache.degraded(), "tier_reports": gw.cache.reports(),
             "free_quota": gw.costing.free_quota(), "free_quota_text": gw.costing.quota_text()}
+    shared = getattr(gw.flights.shared, "report", None)  # coalescing across processes ([cache.redis])
+    if shared is not None:
+        live["coalescing"] = shared()
     return web.json_response({**gw.metrics.snapshot(), **live})
 
 

@@ -22,7 +22,7 @@ from .completion import Renderer, dumps, render_json, render_sse
 from .config import StreamConfig
 from .errors import ProxyError
 from .flight import Flight
-from .rules import COALESCED, STALE
+from .rules import COALESCED, MISS, STALE
 from .usage import Usage
 
 FindStale = Callable[[ProxyError | None], Awaitable[CacheEntry | None]]
@@ -75,6 +75,8 @@ def take_outcome(rec: RequestRecord, flight: Flight) -> None:
     """What the flight learned goes into the record; a follower's answer was paid by its leader."""
     rec.route = flight.outcome.route
     rec.generation_id = flight.outcome.generation_id
+    if flight.remote and rec.cache == MISS:  # another process made the upstream call (r1proxy.coalesce)
+        rec.cache = COALESCED
     if rec.cache == COALESCED:
         if flight.result is not None:
             rec.cost_saved = Usage.of_completion(flight.result).cost
@@ -133,6 +135,8 @@ class StreamFollower:
 
     async def _open(self) -> web.StreamResponse:
         self.rec.route = self.flight.outcome.route  # known once upstream answered (not for early headers)
+        if self.flight.remote and self.rec.cache == MISS:
+            self.rec.cache = COALESCED
         headers = headers_for(self.rec)
         headers.update(self.flight.headers)
         headers.update(sse.SSE_HEADERS)

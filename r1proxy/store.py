@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .cache import TieredCache
 from .db import Database
 from .reqlog import RequestLog
+
+if TYPE_CHECKING:
+    from .coalesce import Coalescer
 
 
 @dataclass(slots=True)
@@ -14,3 +18,4 @@ class Store:
     db: Database
     cache: TieredCache  # a NullCache when caching is off
     reqlog: RequestLog
+    coalescer: Coalescer | None = None  # with [cache.redis]: one upstream call across processes

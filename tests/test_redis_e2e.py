@@ -102,7 +102,8 @@ async def test_a_hung_redis_fails_no_request(aiohttp_client: Any, make_config: A
         live = await (await p.get("/stats")).json()
         assert live["degraded"] == health["degraded"]
         report = live["tier_reports"]["redis"]
-        assert report["state"] == "open" and report["errors"] >= 2 and report["skipped"] >= 1
+        assert report["state"] == "open" and report["errors"] >= 1 and report["skipped"] >= 1
+        assert live["coalescing"]["fallbacks"] >= 1  # the hung server could not coordinate: each went alone
         period = {"requests": 0, "hit_rate": 0.0, "tokens_saved": 0, "usd_saved": 0.0, "usd_spent": 0.0,
                   "upstream_errors": 0}
         text = format_stats({"database": "x", "server": "up", "overall": period, "today": period,

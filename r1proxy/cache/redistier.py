@@ -44,7 +44,7 @@ return ttl
 """
 
 
-def connect(cfg: RedisConfig, *, max_connections: int = 64) -> Any:
+def connect(cfg: RedisConfig, *, max_connections: int = 64, socket_timeout: float | None = None) -> Any:
     """A ``redis.asyncio.Redis`` with the timeouts and retries set explicitly: redis-py's defaults
     (5 s socket timeout, 10 retries) hold a call for about a minute against a hung server."""
     try:
@@ -55,7 +55,7 @@ def connect(cfg: RedisConfig, *, max_connections: int = 64) -> Any:
         raise ConfigError("cache.redis.url is set but the Redis client is not installed: "
                           "pip install 'r1proxy[redis]'") from None
     return aioredis.from_url(
-        cfg.url, password=cfg.password or None, socket_timeout=cfg.timeout,
+        cfg.url, password=cfg.password or None, socket_timeout=socket_timeout or cfg.timeout,
         socket_connect_timeout=cfg.timeout, retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
         max_connections=max_connections, health_check_interval=0, client_name="r1proxy")
 
