@@ -14,6 +14,7 @@ from .config import Config, KeyConfig, ModelConfig
 from .errors import ProxyError
 from .policy import UpstreamPolicy
 from .route import Route
+from .session import with_session_id
 from .templates import prepare
 
 
@@ -54,4 +55,5 @@ class Router:
 
     def route(self, alias: str, deployment: ModelConfig, body: dict[str, Any]) -> Route:
         up = self.config.upstreams[deployment.upstream]
-        return Route(alias, up, prepare(body, deployment, deployment.model), deployment)
+        # session_id (OpenRouter sticky routing) only upstream: the cache key is computed without it
+        return Route(alias, up, with_session_id(prepare(body, deployment, deployment.model), up), deployment)

@@ -3,7 +3,9 @@
 Applies a model alias's ``defaults`` (when the client omits a field), ``overrides``
 (always), ``system_prompt = "merge-into-user"`` (R1 wants no system role; same-role runs are
 merged as DeepSeek requires), ``strip_reasoning_from_history`` (reasoning fields and a leading
-``<think>`` block in assistant history) and ``tools = "strip"``.
+``<think>`` block in assistant history), ``tools = "strip"`` and ``provider`` (OpenRouter routing
+preferences, over the client's own; r1proxy adds no ``provider.order`` of its own: it would switch
+OpenRouter's sticky routing off).
 The cache key is computed on the result, so a template change never serves old answers.
 """
 
@@ -41,6 +43,9 @@ def prepare(body: dict[str, Any], m: ModelConfig | None, upstream_model: str) ->
     if m.tools == "strip":
         for k in TOOL_FIELDS:
             out.pop(k, None)
+    if m.provider:
+        own = out.get("provider")
+        out["provider"] = {**own, **m.provider} if isinstance(own, dict) else dict(m.provider)
     return out
 
 

@@ -116,6 +116,7 @@ class Call:
     headers: dict[str, str]
     json: Any
     time: float = field(default_factory=time.monotonic)
+    raw: bytes = b""  # the body exactly as received
 
 
 def unused_port() -> int:
@@ -215,11 +216,13 @@ class FakeOpenRouter:
         self.calls.append(Call(request.method, request.path, dict(request.headers), body))
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError:
             body = None
         self._record(request, body)
+        self.calls[-1].raw = raw
         if not isinstance(body, dict):
             return self._error(400, "Invalid JSON body")
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":

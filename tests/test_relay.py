@@ -21,9 +21,10 @@ async def direct(fake_server: Any) -> tuple[str, str]:
     """(content, reasoning) the SDK reassembles when the last upstream call is sent straight to the fake."""
     import openai
 
-    body = fake_server.calls[-1].json
+    body = dict(fake_server.calls[-1].json)
+    extra = {k: body.pop(k) for k in ("session_id", "provider") if k in body}  # OpenRouter's, not the SDK's
     api = openai.AsyncOpenAI(base_url=fake_server.base_url, api_key="x", max_retries=0)
-    stream = await api.chat.completions.create(**{**body, "stream": True})
+    stream = await api.chat.completions.create(**{**body, "stream": True}, extra_body=extra or None)
     content, reasoning = [], []
     async for chunk in stream:
         for ch in chunk.choices:
