@@ -155,9 +155,9 @@ ask() {  # ask PORT TEXT: one non-stream request; prints its X-Cache, fails unle
   printf '%s\n' "$h" | head -n1 | grep -q ' 200' || { printf '%s\n' "$h" >&2; return 1; }
   printf '%s\n' "$h" | awk -F': ' 'tolower($1) == "x-cache" {print $2}'
 }
-slow_stream() {  # slow_stream PORT TEXT OUT: a stream of ~20 chunks 0.3 s apart, in the background
+slow_stream() {  # slow_stream PORT TEXT OUT: a stream of a few seconds (chunks 0.8 s apart), in the background
   c curl -sS -N -H 'Authorization: Bearer local' -H 'Content-Type: application/json' \
-    --data "$(body "[[fake gap=0.3]] $2" true)" "http://127.0.0.1:$1/chat/completions" >"$3" 2>&1 &
+    --data "$(body "[[fake gap=0.8]] $2" true)" "http://127.0.0.1:$1/chat/completions" >"$3" 2>&1 &
   STREAM_PID=$!
   wait_for 20 "the first chunk of $2" grep -q '^data: {' "$3"
   kill -0 "$STREAM_PID" 2>/dev/null || die "the slow stream ended before the check could act on it"
