@@ -175,6 +175,9 @@ async def test_overview_counts_match_the_request_log(proxy: Any) -> None:
     assert sum(d["hourly"]["requests"]) == 4 and len(d["hourly"]["t"]) == 48
     assert sum(d["daily"]["hits"]) == 2 and len(d["daily"]["t"]) == 30
     db = sqlite3.connect(client.app[STORE_KEY].db.path)
+    prefix = db.execute("SELECT COALESCE(SUM(prefix_saved), 0) FROM requests").fetchone()[0]
+    assert t["prefix_saved"] == pytest.approx(prefix)
+    assert sum(d["daily"]["prefix_saved"]) == pytest.approx(prefix)
     day = db.execute("SELECT requests, hits, usd_saved, usd_spent FROM v_daily").fetchone()
     assert day == (t["requests"], t["hits"], pytest.approx(t["cost_saved"]), pytest.approx(t["cost"]))
 
@@ -185,15 +188,15 @@ def test_m050_backfills_the_hourly_table_from_an_existing_log(tmp_path: Any) -> 
     applied(conn)
     for fn in MIGRATIONS[:names.index("m050_requests_hourly")]:
         fn(conn)
-    rows = [(3600.0 * 10 + i, "r1", "HIT" if i % 2 else "MISS", "memory" if i % 2 else "", 200, 0.5, 10, 5)
+    rows = [(3600.0 * 10 + i, "r1", "HIT" if i % 2 else "MISS", "memory" if i % 2 else "", 200, 0.5, 10, 5, 0.125)
             for i in range(6)]
-    conn.executemany("INSERT INTO requests (ts, alias, cache, tier, status, cost, prompt_tokens, completion_tokens)"
-                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.executemany("INSERT INTO requests (ts, alias, cache, tier, status, cost, prompt_tokens, completion_tokens,"
+                     " prefix_saved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     for fn in MIGRATIONS[names.index("m050_requests_hourly"):]:
         fn(conn)
-    got = conn.execute("SELECT hour, cache, requests, cost, prompt_tokens FROM requests_hourly "
+    got = conn.execute("SELECT hour, cache, requests, cost, prompt_tokens, prefix_saved FROM requests_hourly "
                        "ORDER BY cache").fetchall()
-    assert got == [(36000, "HIT", 3, 1.5, 30), (36000, "MISS", 3, 1.5, 30)]
+    assert got == [(36000, "HIT", 3, 1.5, 30, 0.375), (36000, "MISS", 3, 1.5, 30, 0.375)]
     conn.execute("INSERT INTO requests (ts, alias, cache, tier, status) VALUES (36001, 'r1', 'MISS', '', 429)")
     assert conn.execute("SELECT requests, rate_limited FROM requests_hourly WHERE cache = 'MISS'").fetchone() == (4, 1)
     conn.execute("INSERT INTO requests (ts) VALUES (36002)")  # every other column NULL: still logged and counted

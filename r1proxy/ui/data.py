@@ -2,7 +2,8 @@
 
 ``UiData`` opens ``r1proxy.db`` with ``mode=ro`` on one private thread, so a dashboard query can
 never write, never hold the cache writer's lock, and never runs on the event loop. The overview
-reads only ``requests_hourly`` (kept by a trigger on every request-log insert, migration m050);
+reads only ``requests_daily`` and ``requests_hourly`` (kept by triggers on every request-log insert,
+m050-m053);
 the request browser pages by id (keyset) over the indexes of m051. New request-log columns
 (e.g. the cost issue's) are adopted here and nowhere else in ``r1proxy.ui``.
 Times are Unix seconds; days and hours are UTC.
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 
 import zstandard
 
+from r1proxy import rules
 from r1proxy.migrations import SERVED_FROM_CACHE
 
 T = TypeVar("T")
@@ -30,23 +32,25 @@ HOUR = 3600
 DAY = 86400
 HOURS_SHOWN = 48
 DAYS_SHOWN = 30
-CACHE_STATES = ("HIT", "STALE", "COALESCED", "MISS", "BYPASS", "NONE")
-SERVED = ("HIT", "STALE", "COALESCED")
+CACHE_STATES = (rules.HIT, rules.STALE, rules.COALESCED, rules.MISS, rules.BYPASS, rules.NONE)
 
 _SUMS = ("requests", "errors", "rate_limited", "client_errors", "free_requests", "prompt_tokens",
-         "completion_tokens", "reasoning_tokens", "cost", "cost_saved")
-_BY_OUTCOME = (f"SELECT cache, tier, {', '.join(f'SUM({c})' for c in _SUMS)} FROM requests_hourly "
-               "WHERE hour >= ? GROUP BY cache, tier")
-_SERIES = f"""
-SELECT CAST(hour / ? AS INTEGER) * ? AS t, SUM(requests),
+         "completion_tokens", "reasoning_tokens", "cost", "cost_saved", "prefix_saved", "cached_tokens")
+_MONEY = ("cost", "cost_saved", "prefix_saved")
+# The 30-day figures come from requests_daily (one row per day, alias and outcome), the 48-hour
+# series from requests_hourly: a few hundred rows either way, however long the request log.
+_BY_OUTCOME = (f"SELECT cache, tier, {', '.join(f'SUM({c})' for c in _SUMS)} FROM requests_daily "
+               "WHERE day >= ? GROUP BY cache, tier")
+_SERIES_SUMS = f"""SUM(requests),
        SUM(CASE WHEN cache IN {SERVED_FROM_CACHE} THEN requests ELSE 0 END),
        SUM(CASE WHEN cache = 'MISS' THEN requests ELSE 0 END),
-       SUM(errors + rate_limited), SUM(cost), SUM(cost_saved),
+       SUM(errors + rate_limited), SUM(cost), SUM(cost_saved), SUM(prefix_saved),
        SUM(CASE WHEN cache IN {SERVED_FROM_CACHE} THEN 0 ELSE prompt_tokens + completion_tokens END),
-       SUM(CASE WHEN cache IN {SERVED_FROM_CACHE} THEN prompt_tokens + completion_tokens ELSE 0 END)
-FROM requests_hourly WHERE hour >= ? GROUP BY t ORDER BY t
-"""
-SERIES_FIELDS = ("requests", "hits", "misses", "errors", "cost", "saved", "tokens_spent", "tokens_saved")
+       SUM(CASE WHEN cache IN {SERVED_FROM_CACHE} THEN prompt_tokens + completion_tokens ELSE 0 END)"""
+_HOURLY_SERIES = f"SELECT hour, {_SERIES_SUMS} FROM requests_hourly WHERE hour >= ? GROUP BY hour ORDER BY hour"
+_DAILY_SERIES = f"SELECT day, {_SERIES_SUMS} FROM requests_daily WHERE day >= ? GROUP BY day ORDER BY day"
+SERIES_FIELDS = ("requests", "hits", "misses", "errors", "cost", "saved", "prefix_saved", "tokens_spent",
+                 "tokens_saved")
 
 LIST_COLUMNS = ("id", "ts", "key_name", "alias", "upstream_model", "cache", "tier", "status", "error_type",
                 "latency_ms", "ttfb_ms", "prompt_tokens", "completion_tokens", "cost", "cost_saved", "stream")
@@ -120,13 +124,13 @@ def _block(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
         name = outcome(cache, tier)
         by[name] = by.get(name, 0) + int(d["requests"])
         tokens = int(d["prompt_tokens"] + d["completion_tokens"])
-        if cache in SERVED:
+        if cache in rules.SERVED_FROM_CACHE:
             served += int(d["requests"])
             saved_tokens += tokens
         else:
             spent_tokens += tokens
     n = int(tot["requests"])
-    out: dict[str, Any] = {k: (float(v) if k.startswith("cost") else int(v)) for k, v in tot.items()}
+    out: dict[str, Any] = {k: (float(v) if k in _MONEY else int(v)) for k, v in tot.items()}
     out.update(hits=served, hit_rate=round(served / n, 4) if n else 0.0, tokens_spent=spent_tokens,
                tokens_saved=saved_tokens, by_outcome=dict(sorted(by.items(), key=lambda kv: -kv[1])),
                rate_by_outcome={k: round(v / n, 4) for k, v in by.items()} if n else {})
@@ -144,7 +148,7 @@ def _series(rows: Sequence[Sequence[Any]], start: float, step: int, n: int) -> d
         vals = found.get(t, (0,) * len(SERIES_FIELDS))
         out["t"].append(t)
         for f, v in zip(SERIES_FIELDS, vals, strict=True):
-            out[f].append(float(v or 0) if f in ("cost", "saved") else int(v or 0))
+            out[f].append(float(v or 0) if f in ("cost", "saved", "prefix_saved") else int(v or 0))
     return out
 
 
@@ -213,8 +217,8 @@ class UiData:
             "now": now, "day": today, "resets_at": today + DAY,
             "today": _block(self._all(_BY_OUTCOME, (today,))),
             "month": _block(self._all(_BY_OUTCOME, (month,))),
-            "hourly": _series(self._all(_SERIES, (HOUR, HOUR, hour0)), hour0, HOUR, HOURS_SHOWN),
-            "daily": _series(self._all(_SERIES, (DAY, DAY, month)), month, DAY, DAYS_SHOWN),
+            "hourly": _series(self._all(_HOURLY_SERIES, (hour0,)), hour0, HOUR, HOURS_SHOWN),
+            "daily": _series(self._all(_DAILY_SERIES, (month,)), month, DAY, DAYS_SHOWN),
         }
 
     # -- requests -----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def live(request: web.Request) -> dict[str, Any]:
     return {"in_flight": gw.metrics.in_flight, "uptime_s": round(time.time() - gw.started_at, 1),
             "memory_entries": memory.entries if memory is not None else 0,
             "memory_bytes": memory.bytes if memory is not None else 0,
-            "flights": len(gw.flights)}
+            "flights": len(gw.flights), "free": gw.accounting.costing.free_quota()}
 
 
 async def overview_data(request: web.Request) -> dict[str, Any]:
@@ -46,8 +46,7 @@ def _cards(prefix: str, b: dict[str, Any]) -> str:
         html.card("Served from cache", html.pct(b["hit_rate"]), f + "hit_rate", "pct"),
         html.card("$ spent upstream", html.usd(b["cost"]), f + "cost", "usd"),
         html.card("$ saved by the local cache", html.usd(b["cost_saved"]), f + "cost_saved", "usd"),
-        html.card("$ saved by the upstream prefix cache", "—",
-                  note="needs the per-request cost columns (issue #14)"),
+        html.card("$ saved by the upstream prefix cache", html.usd(b["prefix_saved"]), f + "prefix_saved", "usd"),
         html.card("Tokens spent", html.num(b["tokens_spent"]), f + "tokens_spent", "int"),
         html.card("Tokens saved", html.num(b["tokens_saved"]), f + "tokens_saved", "int"),
         html.card("Errors (upstream / 5xx)", html.num(b["errors"]), f + "errors", "int"),
@@ -78,10 +77,13 @@ async def overview_page(request: web.Request) -> web.Response:
     d = await overview_data(request)
     lv = d["live"]
     resets = time.strftime("%H:%M UTC", time.gmtime(d["resets_at"]))
-    free = (f'<p class="free">Free-model (<code>:free</code>) requests today: '
-            f'<b data-field="today.free_requests" data-fmt="int">{html.num(d["today"]["free_requests"])}</b>'
-            f' — OpenRouter\'s daily free quota resets at {resets} '
-            '(requests left: needs the account quota from issue #14).</p>')
+    free = "".join(
+        f'<p class="free">Free requests left today on {html.esc(up)}: '
+        f'<b data-field="live.free.{html.esc(up)}.left_today" data-fmt="int">{html.num(q["left_today"])}</b>'
+        f' of {html.num(q["limit_today"])} (resets {resets})</p>'
+        for up, q in lv["free"].items() if "." not in up)
+    free += (f'<p class="free">Requests to <code>:free</code> models today: <b data-field="today.free_requests" '
+             f'data-fmt="int">{html.num(d["today"]["free_requests"])}</b> (cache hits among them cost no quota)</p>')
     live_line = (f'<p class="live">Now: <b data-field="live.in_flight" data-fmt="int">{html.num(lv["in_flight"])}'
                  f'</b> in flight · memory cache <b data-field="live.memory_entries" data-fmt="int">'
                  f'{html.num(lv["memory_entries"])}</b> entries (<b data-field="live.memory_bytes" data-fmt="bytes">'

@@ -28,7 +28,8 @@
   var KINDS = {
     requests: [["requests", "#4a5568", "requests"], ["hits", "#2f855a", "served from cache"],
                ["misses", "#c05621", "misses"], ["errors", "#c53030", "errors + 429"]],
-    money: [["cost", "#c53030", "$ spent", true], ["saved", "#2f855a", "$ saved (local cache)", true]],
+    money: [["cost", "#c53030", "$ spent", true], ["saved", "#2f855a", "$ saved (local cache)", true],
+            ["prefix_saved", "#3182ce", "$ saved (upstream prefix cache)", true]],
     latency: [["ttfb_p50", "#2b6cb0", "TTFB p50 ms"], ["ttfb_p95", "#90cdf4", "TTFB p95 ms"],
               ["total_p50", "#6b46c1", "total p50 ms"], ["total_p95", "#d6bcfa", "total p95 ms"]]
   };
