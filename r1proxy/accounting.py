@@ -82,6 +82,8 @@ class Accounting:
         self._pending: list[RequestRecord] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._pruned_at = 0.0
+        # with [cache.redis]: (key name, UTC day, tokens, usd) also counted across processes (sharedlimits)
+        self.on_usage: Callable[[str, str, int, float], None] | None = None
 
     async def start(self) -> None:
         """Load today's per-key usage (daily budgets survive a restart); prune old request rows."""
@@ -158,6 +160,8 @@ class Accounting:
                 totals[2] += cost
             if tokens:
                 self.limiter.add_tokens(ctx.key_name, tokens)
+            if self.on_usage is not None and (tokens or cost):
+                self.on_usage(ctx.key_name, day, int(tokens), float(cost))
         if not self.config.server.log_requests:
             return None
         row = {"ts": ctx.ts, "request_id": ctx.request_id, "key_name": ctx.key_name, "alias": ctx.alias,

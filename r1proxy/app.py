@@ -83,6 +83,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     cache: TieredCache = NullCache()
     disk: SqliteTier | None = None
     coalescer = None
+    limits = None
     if config.cache.enabled:
         memory = MemoryTier(int(config.cache.memory_mb * 1024 * 1024)) if config.cache.memory_mb else None
         compression = Compression(db=db)
@@ -103,8 +104,11 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 
                 blocking = connect(rcfg, socket_timeout=BLOCK_S + 2 * rcfg.timeout + 0.5)
                 coalescer = Coalescer(shared.client, blocking, rcfg, shared.breaker)
+            from .sharedlimits import SharedLimits
+
+            limits = SharedLimits(shared.client, rcfg, shared.breaker)
         cache = TieredCache(memory, tiers)
-    app[STORE_KEY] = Store(db, cache, RequestLog(db), coalescer)
+    app[STORE_KEY] = Store(db, cache, RequestLog(db), coalescer, limits)
     checking = None
     if unclean and not failed:
         off = disk.disable if disk is not None else (lambda why: None)
@@ -117,6 +121,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.gather(checking, return_exceptions=True)
         if coalescer is not None:
             await coalescer.close()
+        if limits is not None:
+            await limits.close()
         await cache.close()
         await db.close()
         integrity.mark_closed(path)
@@ -126,7 +132,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     store = app[STORE_KEY]
     gw = Gateway(config, app[HTTP_SESSION_KEY], cache=store.cache, reqlog=store.reqlog, clock=app[CLOCK_KEY],
-                 shared=store.coalescer)
+                 shared=store.coalescer, shared_limits=store.limits)
     await gw.start()
     app[GATEWAY_KEY] = gw
     yield

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import re
 import uuid
 from collections import OrderedDict
@@ -40,6 +41,7 @@ from .reqlog import RequestLog
 from .request import CacheControl, RequestIdentity, parse_cache_control, prompt_of, validate
 from .routing import Router
 from .rules import BYPASS, COALESCED, HIT, MISS, NONE, STALE, seconds_to_utc_midnight, utc_day
+from .sharedlimits import SharedLimits
 from .templates import prepare
 
 log = logging.getLogger("r1proxy")
@@ -51,7 +53,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 class Gateway:
     def __init__(self, config: Config, session: aiohttp.ClientSession, cache: TieredCache | None = None,
-                 reqlog: RequestLog | None = None, clock: Clock | None = None, shared: Shared | None = None) -> None:
+                 reqlog: RequestLog | None = None, clock: Clock | None = None, shared: Shared | None = None,
+                 shared_limits: SharedLimits | None = None) -> None:
         self.config = config
         self.cache = cache if cache is not None else NullCache()
         self.reqlog = reqlog
@@ -68,6 +71,10 @@ class Gateway:
         self.policy.on_attempt = self.costing.on_attempt
         self.accounting = Accounting(config, self.metrics, self.limiter, reqlog, self.cache, self.flights.keep,
                                      self.clock, costing=self.costing)
+        self.shared_limits = shared_limits  # with [cache.redis]: key limits and pacing across processes
+        if shared_limits is not None:
+            self.accounting.on_usage = shared_limits.record
+            self.policy.shared = shared_limits
         self.started_at = self.clock.now()
         self._idents: OrderedDict[bytes, RequestIdentity] = OrderedDict()
         self._rid = itertools.count(1)
@@ -120,6 +127,7 @@ class Gateway:
             if count_hits:
                 self._admit(key)
                 held = True
+                await self._admit_shared(key)
             return await self._chat(request, rec, key, admit=not count_hits)
         except ProxyError as e:
             rec.status, rec.error_type = e.status, e.type
@@ -153,6 +161,24 @@ class Gateway:
         if not d.allowed:
             raise ProxyError(429, f"Rate limit for key {key.name!r} reached ({d.reason}); retry in "
                                   f"{max(1, round(d.retry_after))}s", code="rate_limit_exceeded", headers=d.headers())
+
+    async def _admit_shared(self, key: KeyConfig) -> None:
+        """The same limits across every process on the Redis (after the local ones passed); raises a 429."""
+        if self.shared_limits is None:
+            return
+        now = self.clock.now()
+        no = await self.shared_limits.admit(key, utc_day(now))
+        if no is None:
+            return
+        if no.reason.startswith("daily"):
+            raise ProxyError(429, f"Key {key.name!r} used up its {no.reason.replace('_', ' ')} budget (shared across "
+                                  "r1proxy processes); it resets at 00:00 UTC", code="budget_exceeded",
+                             headers={"x-should-retry": "false",
+                                      "Retry-After": str(int(seconds_to_utc_midnight(now)))})
+        wait = max(1, math.ceil(no.retry_after))
+        raise ProxyError(429, f"Rate limit for key {key.name!r} reached ({no.reason}, shared across r1proxy "
+                              f"processes); retry in {wait}s", code="rate_limit_exceeded",
+                         headers={"Retry-After": str(wait)})
 
     def identify(self, raw: bytes, partition: str = "") -> RequestIdentity:
         """Validate and derive everything the body decides (raises 400/404 for bad input); ``partition``
@@ -237,6 +263,7 @@ class Gateway:
         if admit:  # cache hits are free: only what reaches for the upstream counts against the key
             self._admit(key)
             rec.admitted = True
+            await self._admit_shared(key)
         cache_key = ident.cache_key if self.cache.enabled else ""
         flight = self.flights.join(cache_key) if cc.lookup else None
         if flight is not None:

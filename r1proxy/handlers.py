@@ -79,6 +79,8 @@ async def stats(request: web.Request) -> web.Response:
     shared = getattr(gw.flights.shared, "report", None)  # coalescing across processes ([cache.redis])
     if shared is not None:
         live["coalescing"] = shared()
+    if gw.shared_limits is not None:
+        live["shared_limits"] = gw.shared_limits.report()
     return web.json_response({**gw.metrics.snapshot(), **live})
 
 

@@ -18,6 +18,7 @@ from .errors import ProxyError
 from .pacing import PacerExhausted, PacerTimeout, UpstreamPacer
 from .route import Hooks, Route
 from .rules import is_daily_quota, seconds_to_utc_midnight, upstream_failed
+from .sharedlimits import PaceRefused, SharedLimits
 
 
 class UpstreamPolicy(Hooks):
@@ -30,6 +31,7 @@ class UpstreamPolicy(Hooks):
         self.pacers: dict[int, UpstreamPacer] = {}
         self.balancers: dict[str, Balancer[ModelConfig]] = {}
         self.daily_advice: dict[int, str] = {}  # deployment -> the upstream's daily-quota message
+        self.shared: SharedLimits | None = None  # with [cache.redis]: pacing across processes
         for alias, deps in config.aliases().items():
             for d in deps:
                 self.pacers[id(d)] = UpstreamPacer(d.rpm, d.max_parallel, name=f"{d.upstream}/{d.model}", now=now)
@@ -81,6 +83,15 @@ class UpstreamPolicy(Hooks):
         dep = route.deployment
         if dep is None:
             return None
+        if self.shared is not None and dep.rpm:  # the account's limit, before this process's own
+            try:
+                await self.shared.pace(f"{dep.upstream}/{dep.model}", dep.rpm, dep.max_queue_s)
+            except PaceRefused as e:
+                what = "the free daily quota is used up" if e.why == "daily" else "the upstream is at its rpm"
+                raise ProxyError(429, f"{route.label}: {what} (shared across r1proxy processes); try again in "
+                                      f"{max(1, round(e.retry_after))}s", code=429,
+                                 headers={"Retry-After": str(max(1, round(e.retry_after))),
+                                          **({"x-should-retry": "false"} if e.why == "daily" else {})}) from None
         pacer = self.pacers.get(id(dep))
         if pacer is not None:
             try:
@@ -123,7 +134,10 @@ class UpstreamPolicy(Hooks):
             meta = err.get("metadata") if isinstance(err, dict) else None
             hdrs = meta.get("headers") if isinstance(meta, dict) else None
             reset = retry_after_seconds(hdrs) if isinstance(hdrs, dict) else None
-            pacer.mark_daily_exhausted(reset or seconds_to_utc_midnight(self.clock.now()))
+            gone_for = reset or seconds_to_utc_midnight(self.clock.now())
+            pacer.mark_daily_exhausted(gone_for)
+            if self.shared is not None:
+                self.shared.quota_gone(f"{dep.upstream}/{dep.model}", gone_for)
             self.daily_advice[id(dep)] = message[:300]  # OpenRouter's own words ("Add 10 credits to …")
         elif retry_after:
             pacer.cool_down(retry_after)  # queued requests wait it out instead of failing

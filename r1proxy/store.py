@@ -11,6 +11,7 @@ from .reqlog import RequestLog
 
 if TYPE_CHECKING:
     from .coalesce import Coalescer
+    from .sharedlimits import SharedLimits
 
 
 @dataclass(slots=True)
@@ -19,3 +20,4 @@ class Store:
     cache: TieredCache  # a NullCache when caching is off
     reqlog: RequestLog
     coalescer: Coalescer | None = None  # with [cache.redis]: one upstream call across processes
+    limits: SharedLimits | None = None  # with [cache.redis]: key limits and pacing across processes
