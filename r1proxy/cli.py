@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     pg.add_argument("--model", help="only this upstream model")
     pg.add_argument("--older-than", metavar="AGE", help='created before AGE ago, e.g. "7d", "12h"')
     pg.add_argument("--all", action="store_true", help="every entry")
+    ex = csub.add_parser("explain", help="why did a request miss: the nearest stored request and the first "
+                                         "difference (a request body on stdin, or --last / --request-id)")
+    ex.add_argument("--last", action="store_true", help="the last logged miss whose request is stored")
+    ex.add_argument("--request-id", metavar="ID", help="a logged request (its X-Request-Id)")
+    ex.add_argument("--json", action="store_true", help="machine-readable output (what the dashboard shows)")
     csub.add_parser("vacuum", help="reclaim free space in the database file")
     td = csub.add_parser("train-dict", help="train a zstd dictionary from stored entries (new entries use it "
                                             "after the server restarts; old ones stay readable)")
@@ -119,13 +124,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ops.logs(config, args.n, args.follow, args.errors)
         if args.cmd == "cache":
             if args.cache_cmd is None:
-                print("r1proxy: cache needs an action: ls, show, purge, vacuum, train-dict, path, backup or check "
-                      "(see --help)",
+                print("r1proxy: cache needs an action: ls, show, explain, purge, vacuum, train-dict, path, backup or "
+                      "check (see --help)",
                       file=sys.stderr)
                 return 2
             if args.cache_cmd == "purge" and not (args.model or args.older_than or args.all):
                 print("r1proxy: purge needs --model, --older-than or --all", file=sys.stderr)
                 return 2
+            if args.cache_cmd == "explain":
+                return ops.explain(config, args.last, args.request_id, args.json)
             kw = {k: getattr(args, k) for k in ("model", "older_than", "all", "key", "dest", "samples", "full")
                   if hasattr(args, k)}
             if args.cache_cmd == "ls":

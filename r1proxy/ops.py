@@ -198,6 +198,22 @@ async def _train_dict(db: Database, samples: int) -> None:
                   f"({m['raw'] / max(1, m['dict']):.1f}×; measured on the entries it learnt from)")
 
 
+def explain(config: Config, last: bool, request_id: str | None, as_json: bool) -> int:
+    """``r1proxy cache explain``: why a request missed (ops_explain.py)."""
+    from .ops_explain import ExplainError, run
+
+    async def go() -> int:
+        db = await _open(config)
+        try:
+            return await run(config, db, last=last, request_id=request_id, as_json=as_json)
+        except ExplainError as e:
+            raise OpsError(str(e)) from None
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
 def cache(config: Config, action: str, **kw: Any) -> int:
     if action == "path":
         print(config.db_path)
