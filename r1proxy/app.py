@@ -189,7 +189,8 @@ async def _serve_locked(config: Config, config_path: str | None) -> None:
     stop = asyncio.Event()
     gw = app[GATEWAY_KEY]
     store = app[STORE_KEY]
-    beat = Heartbeat(gw.metrics.totals, lambda: gw.metrics.in_flight, lambda: store.db.write_errors)
+    beat = Heartbeat(gw.metrics.totals, lambda: gw.metrics.in_flight, lambda: store.db.write_errors,
+                     degraded=store.cache.degraded)
     beat.extra = gw.costing.quota_text  # "free requests left today: N (resets 00:00 UTC)"
 
     def reload() -> None:

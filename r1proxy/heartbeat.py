@@ -3,7 +3,8 @@
 A task on the event loop sends, every tick, ``WATCHDOG=1`` (when the unit sets ``WatchdogSec=``:
 a wedged or stopped loop stops pinging and systemd restarts the service) and a ``STATUS=`` line
 that ``systemctl status`` shows: ``serving — 12 req/min, hit rate 41 %``, ``draining 3 streams``,
-or ``degraded: …`` first when database writes are failing or a reload was rejected. Requests
+or ``degraded: …`` first when database writes are failing, a cache tier is out of use (the Redis
+breaker) or a reload was rejected. Requests
 per minute are the last minute's count; the hit rate is over every request since start.
 """
 
@@ -25,11 +26,12 @@ class Heartbeat:
     """Status text from ``totals()`` (requests, hits), ``in_flight()`` and ``write_errors()``."""
 
     def __init__(self, totals: Callable[[], tuple[int, int]], in_flight: Callable[[], int],
-                 write_errors: Callable[[], int], *, env: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 write_errors: Callable[[], int], *, degraded: Callable[[], list[str]] = list,
+                 env: Mapping[str, str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.totals = totals
         self.in_flight = in_flight
         self.write_errors = write_errors
+        self.degraded = degraded  # the cache's tiers out of use, one line each
         self.env = env
         self.clock = clock
         self.draining = False
@@ -62,6 +64,7 @@ class Heartbeat:
         problems = []
         if errors > errors0 or (span < 1.0 and errors):
             problems.append("database writes failing")
+        problems.extend(self.degraded())
         if self.reload_error:
             problems.append(f"reload rejected, running the previous config ({self.reload_error})")
         return f"degraded: {'; '.join(problems)} — {text}" if problems else text

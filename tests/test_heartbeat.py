@@ -29,8 +29,9 @@ class Clock:
 def test_status_text_rates_draining_and_degraded() -> None:
     clock = Clock()
     figures = {"requests": 0, "hits": 0, "in_flight": 0, "errors": 0}
+    tiers: list[str] = []
     hb = Heartbeat(lambda: (figures["requests"], figures["hits"]), lambda: figures["in_flight"],
-                   lambda: figures["errors"], env={}, clock=clock)
+                   lambda: figures["errors"], degraded=lambda: list(tiers), env={}, clock=clock)
     assert hb.text() == "serving — 0 req/min, hit rate 0 %"
     clock.now += 30
     figures.update(requests=6, hits=2)
@@ -41,6 +42,9 @@ def test_status_text_rates_draining_and_degraded() -> None:
     clock.now += 5
     figures["errors"] = 2
     assert hb.text().startswith("degraded: database writes failing — serving — ")
+    tiers.append("redis breaker open")
+    assert hb.text().startswith("degraded: database writes failing; redis breaker open — serving — ")
+    tiers.clear()
     hb.reload_error = "config.toml: cache.ttl expected a duration"
     assert "reload rejected, running the previous config (config.toml: cache.ttl" in hb.text()
     clock.now += 120  # no new write errors for a minute: no longer degraded by them
