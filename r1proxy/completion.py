@@ -300,16 +300,24 @@ def not_cacheable(doc: dict[str, Any]) -> str | None:
     return None
 
 
-def _replay_usage(usage: Any, cached: bool) -> Any:
+def _replay_usage(usage: Any, cached: bool, hit_usage: str = "real") -> Any:
+    """A cache hit's usage: cost 0 and cost_saved; with ``server.hit_usage = "cache-read"`` its prompt
+    tokens also count as read from a cache (``cache_read_input_tokens``, which Roo prices at its
+    cache-read price, and ``prompt_tokens_details.cached_tokens``)."""
     if not isinstance(usage, dict) or not cached:
         return usage
     u = dict(usage)
     u["cost_saved"] = u.get("cost") or 0
     u["cost"] = 0
+    if hit_usage == "cache-read":
+        prompt = u.get("prompt_tokens") or 0
+        details = u.get("prompt_tokens_details")
+        u["prompt_tokens_details"] = {**(details if isinstance(details, dict) else {}), "cached_tokens": prompt}
+        u["cache_read_input_tokens"] = prompt
     return u
 
 
-def render_json(doc: dict[str, Any], mode: str, *, cached: bool = False) -> bytes:
+def render_json(doc: dict[str, Any], mode: str, *, cached: bool = False, hit_usage: str = "real") -> bytes:
     """A ``chat.completion`` body from the normal form."""
     out = dict(doc)
     out["choices"] = []
@@ -321,11 +329,11 @@ def render_json(doc: dict[str, Any], mode: str, *, cached: bool = False) -> byte
             r.message(ch["message"])
         out["choices"].append(ch)
     if "usage" in doc:
-        out["usage"] = _replay_usage(doc["usage"], cached)
+        out["usage"] = _replay_usage(doc["usage"], cached, hit_usage)
     return dumps(out)
 
 
-def replay_chunks(doc: dict[str, Any], *, cached: bool = True) -> list[dict[str, Any]]:
+def replay_chunks(doc: dict[str, Any], *, cached: bool = True, hit_usage: str = "real") -> list[dict[str, Any]]:
     """The normal-form chunks that replay a stored completion as a stream."""
     base = {"id": doc.get("id", ""), "object": "chat.completion.chunk", "created": doc.get("created", 0),
             "model": doc.get("model", "")}
@@ -352,13 +360,13 @@ def replay_chunks(doc: dict[str, Any], *, cached: bool = True) -> list[dict[str,
             last["choices"][0]["native_finish_reason"] = ch["native_finish_reason"]
         out.append(last)
     if doc.get("usage") is not None:
-        out.append({**base, "choices": [], "usage": _replay_usage(doc["usage"], cached)})
+        out.append({**base, "choices": [], "usage": _replay_usage(doc["usage"], cached, hit_usage)})
     return out
 
 
-def render_sse(doc: dict[str, Any], mode: str, *, cached: bool = True) -> bytes:
+def render_sse(doc: dict[str, Any], mode: str, *, cached: bool = True, hit_usage: str = "real") -> bytes:
     """A whole SSE body (ending in ``[DONE]``) that replays a stored completion."""
     r = Renderer(mode)
-    parts = [b"data: " + dumps(r.chunk(c)) + b"\n\n" for c in replay_chunks(doc, cached=cached)]
+    parts = [b"data: " + dumps(r.chunk(c)) + b"\n\n" for c in replay_chunks(doc, cached=cached, hit_usage=hit_usage)]
     parts.append(b"data: [DONE]\n\n")
     return b"".join(parts)

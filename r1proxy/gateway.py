@@ -256,7 +256,7 @@ class Gateway:
         self.cache.touch_nowait(entry.key, now)
         rec.touched = entry.key
         return send_entry(rec, entry, tier, stream=stream, mode=mode, label=label, now=now, cache=self.cache,
-                          clock=self.clock)
+                          clock=self.clock, hit_usage=self.config.server.hit_usage)
 
     async def _miss(self, request: web.Request, rec: RequestRecord, key: KeyConfig, ident: RequestIdentity,
                     cc: CacheControl, admit: bool) -> web.StreamResponse:

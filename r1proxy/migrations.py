@@ -18,6 +18,8 @@ Views for people with ``sqlite3 "$STATE_DIR/r1proxy.db"`` (or datasette/sqlite-u
     SELECT ts, alias, cache, status, latency_ms, cost FROM v_requests ORDER BY ts DESC LIMIT 50;
     -- per UTC day: hit rate and money saved vs spent
     SELECT day, requests, hit_rate, tokens_saved, usd_saved, usd_spent FROM v_daily;
+    -- ... and the upstream's prompt cache next to the local one (v_daily reads daily_totals, m012)
+    SELECT day, hit_rate, prefix_hit_rate, usd_prefix_saved, upstream_cached_tokens FROM v_daily;
     -- slowest upstream calls today
     SELECT ts, upstream_model, route, ttfb_ms, latency_ms FROM v_requests
       WHERE cache = 'MISS' AND ts >= date('now') ORDER BY latency_ms DESC LIMIT 10;

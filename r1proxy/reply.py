@@ -49,13 +49,14 @@ def headers_for(rec: RequestRecord, tier: str = "", age: float | None = None) ->
 
 
 def send_entry(rec: RequestRecord, entry: CacheEntry, tier: str, *, stream: bool, mode: str, label: str,
-               now: float, cache: TieredCache, clock: Clock) -> web.Response:
+               now: float, cache: TieredCache, clock: Clock, hit_usage: str = "real") -> web.Response:
     """The whole reply from a stored entry, in the shape the client asked for."""
     rec.cache, rec.tier = label, tier
     variant = (mode, stream)
     body = entry.rendered.get(variant)
     if body is None:
-        body = render_sse(entry.completion, mode) if stream else render_json(entry.completion, mode, cached=True)
+        body = (render_sse(entry.completion, mode, hit_usage=hit_usage) if stream
+                else render_json(entry.completion, mode, cached=True, hit_usage=hit_usage))
         cache.note_rendered(entry, variant, body)
     rec.usage = Usage.of_completion(entry.completion)
     rec.cost_saved = entry.cost

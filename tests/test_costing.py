@@ -4,6 +4,7 @@ prompt cache, config prices, the free quota in /stats and the status text."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -161,3 +162,22 @@ async def test_r1proxy_stats_shows_spent_saved_prefix_saved_and_free_quota(
     assert "(local cache)" in out and "(upstream prompt cache)" in out, out
     assert "free quota    openrouter: free requests left today: 49 of 50 (resets 00:00 UTC)" in out, out
     assert any(k.startswith("$ spent") for k in lines) and float(lines["$ spent"].split()[3]) > 0
+
+
+@pytest.mark.parametrize("hit_usage", ["real", "cache-read"])
+async def test_hit_usage_decides_what_roo_prices(proxy: Any, fake_server: Any, hit_usage: str) -> None:
+    client = await proxy(server={"hit_usage": hit_usage})
+    miss = await post(client, roo_body(stream=False), "m")
+    hit = await post(client, roo_body(stream=False), "h")
+    r = await client.post("/chat/completions", json=roo_body(), headers=AUTH)
+    usage_chunk = [json.loads(line[6:]) for line in (await r.text()).splitlines()
+                   if line.startswith("data: {") and '"usage"' in line][-1]
+    prompt = miss["usage"]["prompt_tokens"]
+    for u in (hit["usage"], usage_chunk["usage"]):
+        assert u["prompt_tokens"] == prompt and u["completion_tokens"] == miss["usage"]["completion_tokens"]
+        assert u["cost"] == 0 and u["cost_saved"] == miss["usage"]["cost"]
+        if hit_usage == "cache-read":  # Roo prices the prompt at its cache-read price
+            assert u["cache_read_input_tokens"] == prompt and u["prompt_tokens_details"]["cached_tokens"] == prompt
+        else:  # the original's figures, which Roo prices in full
+            assert u.get("cache_read_input_tokens", 0) == miss["usage"].get("cache_read_input_tokens", 0) == 0
+    assert miss["usage"].get("cache_read_input_tokens", 0) == 0  # a miss is never changed
