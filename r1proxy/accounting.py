@@ -64,6 +64,8 @@ class RequestRecord:
     provider: str = ""  # who served the answer upstream (OpenRouter's `provider`)
     session_id: str = ""  # the session_id sent upstream (OpenRouter sticky routing)
     failed_attempts: list[FailedAttempt] = field(default_factory=list)  # upstream calls this request made
+    semantic_source: str | None = None  # a semantic hit: the entry whose answer was served
+    semantic_similarity: float | None = None
 
 
 class Accounting:
@@ -175,7 +177,8 @@ class Accounting:
                "prefix_saved": money.prefix_saved, "failed_attempts": len(ctx.failed_attempts),
                "provider": ctx.provider or None, "session_id": ctx.session_id or None,
                "request_bytes": ctx.request_bytes, "response_bytes": ctx.response_bytes,
-               "generation_id": ctx.generation_id, "cache_key": ctx.cache_key, "prompt": ctx.prompt}
+               "generation_id": ctx.generation_id, "cache_key": ctx.cache_key, "prompt": ctx.prompt,
+               "semantic_source": ctx.semantic_source, "semantic_similarity": ctx.semantic_similarity}
         return row
 
 

@@ -18,9 +18,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import guard, integrity, redact, sdnotify, shutdown, statelock
+from . import guard, integrity, redact, sdnotify, semantic, shutdown, statelock
 from .appkeys import CLOCK_KEY, CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY
 from .cache import CacheTier, MemoryTier, NullCache, TieredCache
+from .cache.keys import KeyMaker
 from .cache.sqlite import SqliteTier
 from .cache.zdict import Compression
 from .clock import Clock
@@ -131,8 +132,9 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     store = app[STORE_KEY]
+    near = semantic.build(config, store.db, KeyMaker(config.cache.ignore_patterns, config.cache.namespace))
     gw = Gateway(config, app[HTTP_SESSION_KEY], cache=store.cache, reqlog=store.reqlog, clock=app[CLOCK_KEY],
-                 shared=store.coalescer, shared_limits=store.limits)
+                 shared=store.coalescer, shared_limits=store.limits, semantic=near)
     await gw.start()
     app[GATEWAY_KEY] = gw
     yield

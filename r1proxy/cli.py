@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("-n", type=_COUNT, default=50, help="how many (default 50)")
     show = csub.add_parser("show", help="one entry: the canonical request and the stored answer")
     show.add_argument("key")
-    pg = csub.add_parser("purge", help="delete entries (by model, by age, or all)")
+    pg = csub.add_parser("purge", help="delete entries (one by key, by model, by age, or all)")
+    pg.add_argument("--key", help="one entry, e.g. a wrong semantic source (its X-Cache-Source-Key header)")
     pg.add_argument("--model", help="only this upstream model")
     pg.add_argument("--older-than", metavar="AGE", help='created before AGE ago, e.g. "7d", "12h"')
     pg.add_argument("--all", action="store_true", help="every entry")
@@ -128,8 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "check (see --help)",
                       file=sys.stderr)
                 return 2
-            if args.cache_cmd == "purge" and not (args.model or args.older_than or args.all):
-                print("r1proxy: purge needs --model, --older-than or --all", file=sys.stderr)
+            if args.cache_cmd == "purge" and not (args.model or args.older_than or args.all or args.key):
+                print("r1proxy: purge needs --model, --older-than or --all (or --key KEY)", file=sys.stderr)
+                return 2
+            if args.cache_cmd == "purge" and args.key and (args.model or args.older_than or args.all):
+                print("r1proxy: purge --key takes no other filter", file=sys.stderr)
                 return 2
             if args.cache_cmd == "explain":
                 return ops.explain(config, args.last, args.request_id, args.json)

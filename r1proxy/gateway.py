@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import aiohttp
 import xxhash
@@ -41,8 +42,13 @@ from .reqlog import RequestLog
 from .request import CacheControl, RequestIdentity, parse_cache_control, prompt_of, validate
 from .routing import Router
 from .rules import BYPASS, COALESCED, HIT, MISS, NONE, STALE, seconds_to_utc_midnight, utc_day
+from .semantic import TIER as SEMANTIC_TIER
+from .semantic import SemanticHits
 from .sharedlimits import SharedLimits
 from .templates import prepare
+
+if TYPE_CHECKING:
+    from .cache.semantic.tier import Probe
 
 log = logging.getLogger("r1proxy")
 
@@ -54,7 +60,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 class Gateway:
     def __init__(self, config: Config, session: aiohttp.ClientSession, cache: TieredCache | None = None,
                  reqlog: RequestLog | None = None, clock: Clock | None = None, shared: Shared | None = None,
-                 shared_limits: SharedLimits | None = None) -> None:
+                 shared_limits: SharedLimits | None = None, semantic: SemanticHits | None = None) -> None:
         self.config = config
         self.cache = cache if cache is not None else NullCache()
         self.reqlog = reqlog
@@ -64,6 +70,7 @@ class Gateway:
         self.aliases = self.router.aliases
         self.flights = Flights(session, config.retry, self.policy, shared)
         self.keys = KeyMaker(config.cache.ignore_patterns, config.cache.namespace)
+        self.semantic = semantic  # the opt-in near-duplicate tier ([cache.semantic]); None when off
         self.auth = Auth(config.keys)
         self.limiter = KeyLimiter(config.keys)
         self.metrics = Metrics()
@@ -232,13 +239,34 @@ class Gateway:
             hit = await self._lookup(ident.cache_key, cc) if cc.lookup else None
             if hit is not None:
                 return self._serve(rec, hit[0], hit[1], ident.stream, first.reasoning, HIT)
+        probe = None
+        if self.semantic is not None and cc.lookup and self.semantic.serves(key.name):
+            if ident.body is None:
+                ident = self.identify(raw, partition)
+            assert ident.body is not None
+            # the client's body, as typed: the template of the alias (e.g. R1's system prompt merged into
+            # the first user turn) is the same for both requests, and would hide where the task text is
+            probe = await self.semantic.probe(first.upstream, ident.body, cc.namespace, partition)
+            now = self.clock.now()
+            found = await self.semantic.lookup(probe, self._entry, lambda e: usable(e, cc, now))
+            if found is not None:  # served as is: nothing is stored, so it never feeds another semantic hit
+                rec.semantic_source, rec.semantic_similarity = found.match.key, found.match.similarity
+                resp = self._serve(rec, found.entry, SEMANTIC_TIER, ident.stream, first.reasoning, HIT)
+                resp.headers.update(found.headers())
+                return resp
         if cc.only_if_cached:
             rec.cache = MISS if self.cache.enabled else NONE
             raise ProxyError(504, "Not in cache (Cache-Control: only-if-cached)" if self.cache.enabled
                              else "Caching is off (Cache-Control: only-if-cached)", code="cache_miss")
         if ident.body is None:  # a memoised identity: the flight needs the parsed body
             ident = self.identify(raw, partition)
-        return await self._miss(request, rec, key, ident, cc, admit)
+        return await self._miss(request, rec, key, ident, cc, admit, probe)
+
+    async def _entry(self, key: str) -> CacheEntry | None:
+        entry = self.cache.get_nowait(key)
+        if entry is None:
+            entry, _ = await self.cache.get(key)
+        return entry
 
     async def _lookup(self, key: str, cc: CacheControl) -> tuple[CacheEntry, str] | None:
         """The one hit path: memory without awaiting, then the slower tiers (promoted on a hit)."""
@@ -259,7 +287,7 @@ class Gateway:
                           clock=self.clock, hit_usage=self.config.server.hit_usage)
 
     async def _miss(self, request: web.Request, rec: RequestRecord, key: KeyConfig, ident: RequestIdentity,
-                    cc: CacheControl, admit: bool) -> web.StreamResponse:
+                    cc: CacheControl, admit: bool, probe: Probe | None = None) -> web.StreamResponse:
         if admit:  # cache hits are free: only what reaches for the upstream counts against the key
             self._admit(key)
             rec.admitted = True
@@ -275,7 +303,8 @@ class Gateway:
             routes = self.router.routes(ident.model, ident.deployments, ident.body)
             rec.session_id = str(routes[0].payload.get("session_id") or "") if routes else ""
             flight = self.flights.start(cache_key, ident.stream, routes, dict(request.headers), store=cc.store,
-                                        on_done=self._storer(cache_key, cc, ident.canonical, rec.upstream_model))
+                                        on_done=self._storer(cache_key, cc, ident.canonical, rec.upstream_model,
+                                                             probe))
             flight.max_event = self.config.stream.max_event_bytes
         mode = ident.first.reasoning
         find_stale = self._stale_finder(cache_key, cc)
@@ -312,7 +341,7 @@ class Gateway:
             return no_stale
         return StaleFinder(self.cache, cache_key, cc, self.config.cache.stale_if_error, self.clock.now)
 
-    def _storer(self, key: str, cc: CacheControl, canonical: bytes, model: str) -> OnDone:
+    def _storer(self, key: str, cc: CacheControl, canonical: bytes, model: str, probe: Probe | None) -> OnDone:
         async def store(f: Flight) -> None:
             if not (key and f.result is not None and f.cacheable and f.store and self.cache.enabled):
                 return
@@ -320,5 +349,7 @@ class Gateway:
             ttl = cc.ttl if cc.ttl is not None else self.config.cache.ttl
             await self.cache.put(CacheEntry.from_completion(key, f.result, now=now, ttl=ttl, model=model,
                                                             namespace=cc.namespace, request=canonical))
+            if self.semantic is not None:
+                self.semantic.remember(probe, key)
         return store
 

@@ -588,3 +588,14 @@ def m053_requests_daily(conn: sqlite3.Connection) -> None:
     conn.execute(f"INSERT INTO requests_daily (day, alias, cache, tier, {cols}) "
                  f"SELECT hour / 86400 * 86400, alias, cache, tier, {', '.join(f'SUM({c})' for c, _ in _ROLLUP_TERMS)} "
                  "FROM requests_hourly GROUP BY 1, 2, 3, 4")
+
+
+@migration
+def m041_request_semantic(conn: sqlite3.Connection) -> None:
+    # A request served by the semantic tier (tier = 'semantic') names the entry whose answer it got
+    # and how similar the two texts were; NULL for every other request.
+    cols = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    if "semantic_source" not in cols:
+        conn.execute("ALTER TABLE requests ADD COLUMN semantic_source TEXT")
+    if "semantic_similarity" not in cols:
+        conn.execute("ALTER TABLE requests ADD COLUMN semantic_similarity REAL")

@@ -151,6 +151,11 @@ async def _cache(config: Config, action: str, **kw: Any) -> int:
             print(json.dumps({"key": entry.key, "model": entry.model, "created_at": entry.created_at,
                               "expires_at": entry.expires_at, "hits": entry.hits, "request": request,
                               "completion": entry.completion}, indent=2, ensure_ascii=False))
+        elif action == "purge" and kw.get("key"):
+            # the entry and (by trigger) its semantic vector: a wrong semantic source never matches again
+            if not await tier.delete(kw["key"]):
+                raise OpsError(f"no cache entry {kw['key']}")
+            print(f"purged {kw['key']}")
         elif action == "purge":
             older = kw.get("older_than")
             try:

@@ -20,6 +20,8 @@ REQUEST_COLUMNS = (
     "cache_key", "prompt",
     # cost (#14, migration m011)
     "cached_tokens", "cache_write_tokens", "cost_source", "prefix_saved", "failed_attempts", "provider", "session_id",
+    # semantic tier (#16, migration m041)
+    "semantic_source", "semantic_similarity",
 )
 _INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})")

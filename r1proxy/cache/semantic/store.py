@@ -21,6 +21,7 @@ from r1proxy.db import Database
 _INSERT = "INSERT OR REPLACE INTO semantic_vectors (key, partition, text, vector, created_at) VALUES (?, ?, ?, ?, ?)"
 _LOAD = "SELECT key, text, vector FROM semantic_vectors WHERE partition = ?"
 _DELETE = "DELETE FROM semantic_vectors WHERE key = ?"
+_EXISTS = "SELECT 1 FROM semantic_vectors WHERE key = ?"
 
 
 @dataclass(slots=True)
@@ -53,6 +54,7 @@ class VectorStore:
         self._clock = clock
         self._parts: OrderedDict[str, _Partition] = OrderedDict()
         self._ram = 0
+        self._queued: dict[str, int] = {}  # key -> write sequence of its row, until the writer passed it
 
     @property
     def ram_bytes(self) -> int:
@@ -63,7 +65,9 @@ class VectorStore:
         np = self.np
         vec = np.asarray(vector, dtype="<f4").reshape(self.dim)
         if self.db is not None:
-            self.db.submit(_INSERT, (key, partition, text, vec.tobytes(), self._clock()))
+            self._queued[key] = self.db.submit(_INSERT, (key, partition, text, vec.tobytes(), self._clock()))
+            if len(self._queued) > 1024:
+                self._queued = {k: q for k, q in self._queued.items() if q > self.db.written}
         part = self._parts.get(partition)
         if part is None:
             if self.db is not None:
@@ -81,6 +85,18 @@ class VectorStore:
         self._ram += part.nbytes() - before
         self._trim(keep=partition)
 
+    def indexed(self, key: str) -> bool:
+        """The row of ``key`` is in the table, or still queued for it (a primary-key read, on the loop).
+        A deleted cache entry takes its row along (trigger), so this is False once it is purged."""
+        if self.db is None:
+            return any(key in p.keys for p in self._parts.values())
+        if self.db.closed:
+            return False
+        seq = self._queued.get(key)
+        if seq is not None and seq > self.db.written:
+            return True
+        return self.db.fetchone_now(_EXISTS, (key,)) is not None
+
     def forget(self, key: str, partition: str | None = None) -> None:
         """Drop ``key`` (its entry is gone or was wrong): from RAM at once, from the table via the writer."""
         for name, part in list(self._parts.items()):
@@ -92,6 +108,7 @@ class VectorStore:
                 del part.keys[i], part.texts[i]
                 part.matrix = self.np.delete(part.matrix, i, axis=0)
                 self._ram += part.nbytes() - before
+        self._queued.pop(key, None)
         if self.db is not None:
             self.db.submit(_DELETE, (key,))
 

@@ -2,8 +2,8 @@
 
 ``SemanticTier.probe()`` splits a request into partition + free text and embeds the text off
 the event loop (the model loads lazily, once, in the worker thread). ``find()`` searches the
-partition and returns the best candidate that passes every guard (``guards.check``), with the
-refusals it met on the way. ``remember()`` indexes an entry the gateway has just stored from an
+partition and returns the candidates that pass every guard (``guards.check``), best first, with
+the refusals it met on the way. ``remember()`` indexes an entry the gateway has just stored from an
 upstream answer; an answer served by this tier is never remembered, so one semantic hit never
 feeds another. Whether a candidate's entry still exists and is fresh is the caller's check.
 """
@@ -46,8 +46,12 @@ class Match:
 
 @dataclass(slots=True)
 class Search:
-    match: Match | None = None
+    matches: list[Match] = field(default_factory=list)  # candidates that pass every guard, best first
     refusals: list[tuple[str, guards.Verdict]] = field(default_factory=list)  # (candidate key, verdict)
+
+    @property
+    def match(self) -> Match | None:
+        return self.matches[0] if self.matches else None
 
 
 class SemanticTier:
@@ -81,7 +85,7 @@ class SemanticTier:
         return Probe(s.partition, s.text, vec)
 
     async def find(self, probe: Probe) -> Search:
-        """The best candidate of the probe's partition that passes every guard."""
+        """The candidates of the probe's partition that pass every guard, best first."""
         out = Search()
         if not probe.usable:
             return out
@@ -90,9 +94,9 @@ class SemanticTier:
         for c in found:
             verdict = guards.check(probe.text, c.text, c.similarity, self.threshold)
             if verdict.ok:
-                out.match = Match(c.key, c.similarity, c.text)
-                return out
-            out.refusals.append((c.key, verdict))
+                out.matches.append(Match(c.key, c.similarity, c.text))
+            else:
+                out.refusals.append((c.key, verdict))
         return out
 
     def remember(self, probe: Probe, key: str) -> None:
@@ -103,3 +107,7 @@ class SemanticTier:
     def forget(self, key: str) -> None:
         """Drop a candidate whose entry is gone (purged or evicted) or was reported wrong."""
         self.store.forget(key)
+
+    def indexed(self, key: str) -> bool:
+        """Whether ``key`` is still indexed in SQLite (or its row is still queued): False once its entry is gone."""
+        return self.store.indexed(key)
