@@ -143,10 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kw["limit"] = args.n
             return ops.cache(config, args.cache_cmd, **kw)
     except ConfigError as e:
-        from .logsetup import journal_prefix, on_journal
-
-        prefix = journal_prefix(logging.ERROR) if on_journal(sys.stderr) else ""
-        print(f"{prefix}r1proxy: config error: {e}", file=sys.stderr)
+        _error(f"r1proxy: config error: {e}")
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
@@ -155,10 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .ops import OpsError
 
         if isinstance(e, (OpsError, DatabaseUnavailable, OSError)):
-            print(f"r1proxy: {e}", file=sys.stderr)
+            _error(f"r1proxy: {e}")
             return 1
         text = " ".join(str(e).split())[:300]
-        print(f"r1proxy: {args.cmd} failed: {type(e).__name__}: {text}", file=sys.stderr)
+        _error(f"r1proxy: {args.cmd} failed: {type(e).__name__}: {text}")
         return 1
     p.print_help()
     return 2
@@ -180,10 +177,21 @@ def _serve(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-
     try:
         run(config, args.config)
     except OSError as e:
-        print(f"r1proxy: cannot listen on {config.server.host}:{config.server.port}: {e.strerror or e}",
-              file=sys.stderr)
+        _error(f"r1proxy: cannot listen on {config.server.host}:{config.server.port}: {e.strerror or e}")
+        return 1
+    except SystemExit as e:  # serve's one-line refusals (state dir locked, database unusable)
+        if not isinstance(e.code, str):
+            raise
+        _error(e.code)
         return 1
     return 0
+
+
+def _error(line: str) -> None:
+    """One operator error line on stderr; at priority err when stderr is the journal (logsetup)."""
+    from .logsetup import journal_prefix, on_journal
+
+    print((journal_prefix(logging.ERROR) if on_journal(sys.stderr) else "") + line, file=sys.stderr)
 
 
 def _import_litellm(args: argparse.Namespace) -> int:

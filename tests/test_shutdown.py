@@ -134,3 +134,21 @@ async def test_a_stream_longer_than_the_deadline_is_cut_and_logged_so(tmp_path: 
     (status, error_type, sent), = db.execute("SELECT status, error_type, response_bytes FROM requests").fetchall()
     assert (status, error_type) == (200, "shutdown") and sent > 0
     assert db.execute("SELECT COUNT(*) FROM cache_entries").fetchone()[0] == 0
+
+
+async def test_start_errors_reach_the_journal_as_errors(tmp_path: Path) -> None:
+    """A start that fails on the state dir (not a config error) exits 1, its one line at priority err."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[server]\nport = {unused_port()}\nstate_dir = "{blocker / "state"}"\n')
+    with open(tmp_path / "journal", "w+b") as stderr:
+        st = os.fstat(stderr.fileno())
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "r1proxy", "--config", str(cfg), "serve", stderr=stderr,
+            env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        assert await asyncio.wait_for(proc.wait(), 30) == 1
+        stderr.seek(0)
+        lines = stderr.read().decode().splitlines()
+    assert lines and lines[-1].startswith("<3>r1proxy: ") and str(blocker) in lines[-1], lines
+    assert "Traceback" not in "\n".join(lines)
