@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cache import TieredCache
 from .clock import Clock
@@ -27,6 +27,9 @@ from .reqlog import RequestLog
 from .route import FailedAttempt
 from .rules import NONE, served_from_cache, utc_day
 from .usage import NO_USAGE, Usage
+
+if TYPE_CHECKING:
+    from .flight import Flight
 
 log = logging.getLogger("r1proxy")
 
@@ -63,6 +66,7 @@ class RequestRecord:
     prompt: str | None = None  # the last user message, only with server.log_prompts
     provider: str = ""  # who served the answer upstream (OpenRouter's `provider`)
     session_id: str = ""  # the session_id sent upstream (OpenRouter sticky routing)
+    leading: Flight | None = None  # the upstream call this request started (its money is this request's)
     failed_attempts: list[FailedAttempt] = field(default_factory=list)  # upstream calls this request made
     semantic_source: str | None = None  # a semantic hit: the entry whose answer was served
     semantic_similarity: float | None = None
@@ -99,7 +103,8 @@ class Accounting:
 
     def finished(self, ctx: RequestRecord) -> None:
         """Queue a request's accounting; it runs right after the reply is on its way (off the hot path)."""
-        ctx.latency = self.clock.monotonic() - ctx.t0
+        if not ctx.latency:
+            ctx.latency = self.clock.monotonic() - ctx.t0
         if not self._pending:
             self._flush_handle = asyncio.get_running_loop().call_later(DELAY_S, self.flush)
         self._pending.append(ctx)

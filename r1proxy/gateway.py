@@ -37,7 +37,7 @@ from .flight import Flight, Flights, OnDone, Shared
 from .metrics import Metrics
 from .policy import UpstreamPolicy
 from .ratelimit import KeyLimiter
-from .reply import FindStale, Stale, StreamFollower, follow_json, send_entry
+from .reply import FindStale, Stale, StreamFollower, follow_json, send_entry, take_outcome
 from .reqlog import RequestLog
 from .request import CacheControl, RequestIdentity, parse_cache_control, prompt_of, validate
 from .routing import Router
@@ -149,7 +149,22 @@ class Gateway:
             if held or rec.admitted:
                 self.limiter.release(rec.key_name)
             self.metrics.dec_in_flight()
+            self._account(rec)
+
+    def _account(self, rec: RequestRecord) -> None:
+        """Account for a finished request; a leader whose client left before its upstream call ended
+        (finish_on_disconnect) is accounted when the call ends: the upstream bills the whole answer."""
+        flight = rec.leading
+        if flight is None or flight.finished or flight.task is None:
             self.accounting.finished(rec)
+            return
+        rec.latency = self.clock.monotonic() - rec.t0  # the client's wait, not the call's
+
+        def settle(_task: object) -> None:
+            take_outcome(rec, flight)
+            self.accounting.finished(rec)
+
+        flight.task.add_done_callback(settle)
 
     def _admit(self, key: KeyConfig) -> None:
         """Per-key rpm/tpm/parallel limits and daily budgets; raises a 429 when over."""
@@ -306,6 +321,7 @@ class Gateway:
                                         on_done=self._storer(cache_key, cc, ident.canonical, rec.upstream_model,
                                                              probe))
             flight.max_event = self.config.stream.max_event_bytes
+            rec.leading = flight
         mode = ident.first.reasoning
         find_stale = self._stale_finder(cache_key, cc)
         with self._alone_at_most(flight), self.flights.following(flight,

@@ -181,3 +181,25 @@ async def test_hit_usage_decides_what_roo_prices(proxy: Any, fake_server: Any, h
         else:  # the original's figures, which Roo prices in full
             assert u.get("cache_read_input_tokens", 0) == miss["usage"].get("cache_read_input_tokens", 0) == 0
     assert miss["usage"].get("cache_read_input_tokens", 0) == 0  # a miss is never changed
+
+
+@pytest.mark.parametrize("cancel", [True, False], ids=["handler-cancelled", "handler-kept"])
+async def test_a_leader_that_leaves_still_pays_for_the_answer_finished_for_the_cache(
+        aiohttp_client: Any, make_config: Any, fake_server: Any, cancel: bool) -> None:
+    """finish_on_disconnect reads the answer to the end (and the upstream bills it): the money is
+    recorded on the request that started the call, even though its client left."""
+    from tests.test_cache_e2e import leave_after, settle, start
+
+    client = await start(aiohttp_client, make_config, cancel)
+    fake_server.script(Script(gap=0.02, chunk_chars=8))
+    await leave_after(client, roo_body(), 2)
+    await settle(client)
+    (bill,) = fake_server.fake.generations.values()
+    await post(client, roo_body(stream=False), "h")
+    got = await rows(client)
+    (leader,) = [r for rid, r in got.items() if rid != "h"]
+    assert leader["cost"] == pytest.approx(bill["total_cost"]) and leader["cost_source"] == "reported"
+    assert got["h"]["cost_saved"] == pytest.approx(bill["total_cost"])
+    db = client.app[STORE_KEY].db
+    (usd,) = await db.fetchone("SELECT SUM(usd) FROM key_usage") or (0.0,)
+    assert usd == pytest.approx(bill["total_cost"])  # and against the key's daily budget
