@@ -165,6 +165,7 @@ class Accounting:
                 totals[0] += 1
                 totals[1] += tokens
                 totals[2] += cost
+            self.limiter.add_day_usage(ctx.key_name, day, 1, tokens, cost)  # shared between workers
             if tokens:
                 self.limiter.add_tokens(ctx.key_name, tokens)
             if self.on_usage is not None and (tokens or cost):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 
@@ -31,6 +32,7 @@ from .errors import error_middleware
 from .gateway import Gateway
 from .handlers import setup_routes
 from .heartbeat import Heartbeat
+from .proclimits import ProcessKeyLimiter, WorkerRole
 from .reqlog import RequestLog
 from .store import Store
 from .ui import setup_ui
@@ -38,13 +40,17 @@ from .ui import setup_ui
 log = logging.getLogger("r1proxy")
 
 
-def create_app(config: Config, clock: Clock | None = None) -> web.Application:
+WORKER_KEY = web.AppKey("r1proxy_worker", object)  # a WorkerRole when server.workers > 1, else None
+
+
+def create_app(config: Config, clock: Clock | None = None, worker: WorkerRole | None = None) -> web.Application:
     redact.register(config.secrets())  # before anything can relay or log one
     app = web.Application(client_max_size=config.server.max_request_bytes,
                           middlewares=[error_middleware, guard.guard_middleware],
                           handler_args={"max_field_size": 65536})
     app[CONFIG_KEY] = config
     app[CLOCK_KEY] = clock or Clock()
+    app[WORKER_KEY] = worker
     setup_routes(app)
     guard.setup(app)
     setup_ui(app)
@@ -73,11 +79,12 @@ async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     path = config.db_path
-    failed = integrity.failed_before(path)  # the full check runs on the start path only then
+    worker = app[WORKER_KEY]  # with workers the supervisor migrates and checks, once
+    failed = worker is None and integrity.failed_before(path)  # the full check runs on the start path only then
     db = await Database.open(path, quick_check=failed)
     if failed:
         integrity.clear_failed(path)
-    unclean = integrity.mark_open(path)
+    unclean = worker is None and integrity.mark_open(path)
     if db.recovered_from is not None:
         log.warning("the database was unreadable and was moved aside to %s; starting with an empty cache",
                     db.recovered_from)
@@ -126,15 +133,19 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             await limits.close()
         await cache.close()
         await db.close()
-        integrity.mark_closed(path)
+        if worker is None:
+            integrity.mark_closed(path)
 
 
 async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     store = app[STORE_KEY]
     near = semantic.build(config, store.db, KeyMaker(config.cache.ignore_patterns, config.cache.namespace))
+    worker = app[WORKER_KEY]
+    limiter = (ProcessKeyLimiter(config.keys, worker.shared, worker.index)
+               if isinstance(worker, WorkerRole) else None)
     gw = Gateway(config, app[HTTP_SESSION_KEY], cache=store.cache, reqlog=store.reqlog, clock=app[CLOCK_KEY],
-                 shared=store.coalescer, shared_limits=store.limits, semantic=near)
+                 shared=store.coalescer, shared_limits=store.limits, semantic=near, limiter=limiter)
     await gw.start()
     app[GATEWAY_KEY] = gw
     yield
@@ -153,8 +164,15 @@ def check_bind(config: Config) -> None:
                 config.server.host, config.server.port)
 
 
-async def serve(config: Config, config_path: str | None = None) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads keys and limits from the config file."""
+async def serve(config: Config, config_path: str | None = None, worker: WorkerRole | None = None) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads keys and limits from the config file.
+
+    As one of ``server.workers`` (``worker`` given): the supervisor holds the state directory's
+    lock; bind with SO_REUSEPORT, report ready on the supervisor's pipe, and turn the disk tier off
+    on SIGUSR1 (its integrity check failed)."""
+    if worker is not None:
+        await _serve_locked(config, config_path, worker)
+        return
     try:  # first: a second server says one thing, that it is the second
         state_lock = statelock.acquire(config.state_path)
     except statelock.StateLocked as e:
@@ -167,13 +185,13 @@ async def serve(config: Config, config_path: str | None = None) -> None:
         state_lock.release()
 
 
-async def _serve_locked(config: Config, config_path: str | None) -> None:
+async def _serve_locked(config: Config, config_path: str | None, worker: WorkerRole | None = None) -> None:
     check_bind(config)
     for up in config.upstreams.values():
         if not up.api_key and up.name == config.server.default_upstream:
             log.warning("upstream %s has no API key (set $%s or api_key_file); requests will fail upstream",
                         up.name, up.api_key_env or "…")
-    app = create_app(config)
+    app = create_app(config, worker=worker)
     # shutdown.drain() waits for in-flight requests itself, under the one deadline; aiohttp only
     # gets a short grace for the handlers it cancels once that deadline has passed.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown.CANCEL_GRACE_S)
@@ -181,7 +199,7 @@ async def _serve_locked(config: Config, config_path: str | None) -> None:
         await runner.setup()
     except DatabaseUnavailable as e:
         raise SystemExit(f"r1proxy: {e}") from None
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_port=worker is not None or None)
     try:
         await site.start()
     except OSError:
@@ -211,6 +229,11 @@ async def _serve_locked(config: Config, config_path: str | None) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    if worker is not None:
+        for tier in store.cache.tiers:
+            if isinstance(tier, SqliteTier):
+                loop.add_signal_handler(signal.SIGUSR1, tier.disable, "quick_check failed, see the log")
+        os.write(worker.ready_fd, bytes([worker.index]))
     log.info("r1proxy listening on http://%s:%s (config: %s, database: %s)", config.server.host,
              config.server.port, config.source, config.db_path)
     sdnotify.ready()
@@ -231,10 +254,10 @@ async def _serve_locked(config: Config, config_path: str | None) -> None:
         log.info("stopped")
 
 
-def run(config: Config, config_path: str | None = None) -> None:
+def run(config: Config, config_path: str | None = None, worker: WorkerRole | None = None) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but keep serving without it
-        asyncio.run(serve(config, config_path))
+        asyncio.run(serve(config, config_path, worker))
         return
-    uvloop.run(serve(config, config_path))
+    uvloop.run(serve(config, config_path, worker))

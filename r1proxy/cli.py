@@ -174,6 +174,10 @@ def _serve(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-
         server = replace(server, port=args.port)
     config = replace(config, server=server)
     setup_logging(config.server.log_format)
+    if config.server.workers > 1:
+        from .workers import serve_workers
+
+        return serve_workers(config, args.config)
     try:
         run(config, args.config)
     except OSError as e:

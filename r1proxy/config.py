@@ -61,6 +61,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     hit_usage: Literal["real", "cache-read"] = "real"
     admin_key: str = ""
+    workers: int = field(default=1, metadata={MIN_KEY: 1, MAX_KEY: 16})  # processes on the port (SO_REUSEPORT)
 
     @property
     def max_request_bytes(self) -> int:
@@ -371,6 +372,8 @@ def _check_references(r: Reader, cfg: Config) -> None:
         r.fail("server.default_upstream", f"names no upstream {cfg.server.default_upstream!r}")
     if len({k.name for k in cfg.keys}) != len(cfg.keys):
         r.fail("keys", "two keys share a name")
+    if cfg.server.workers > 1 and cfg.server.port == 0:
+        r.fail("server.workers", "more than one worker needs a fixed server.port (each binds it with SO_REUSEPORT)")
 
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")

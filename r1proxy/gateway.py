@@ -60,7 +60,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 class Gateway:
     def __init__(self, config: Config, session: aiohttp.ClientSession, cache: TieredCache | None = None,
                  reqlog: RequestLog | None = None, clock: Clock | None = None, shared: Shared | None = None,
-                 shared_limits: SharedLimits | None = None, semantic: SemanticHits | None = None) -> None:
+                 shared_limits: SharedLimits | None = None, semantic: SemanticHits | None = None,
+                 limiter: KeyLimiter | None = None) -> None:
         self.config = config
         self.cache = cache if cache is not None else NullCache()
         self.reqlog = reqlog
@@ -72,7 +73,7 @@ class Gateway:
         self.keys = KeyMaker(config.cache.ignore_patterns, config.cache.namespace)
         self.semantic = semantic  # the opt-in near-duplicate tier ([cache.semantic]); None when off
         self.auth = Auth(config.keys)
-        self.limiter = KeyLimiter(config.keys)
+        self.limiter = limiter if limiter is not None else KeyLimiter(config.keys)  # shared: server.workers > 1
         self.metrics = Metrics()
         self.costing = Costing(config, session, reqlog.db if reqlog is not None else None, now=self.clock.now)
         self.policy.on_attempt = self.costing.on_attempt
@@ -171,7 +172,8 @@ class Gateway:
         self.accounting.flush()  # usage must be current before it is judged
         if key.daily_tokens or key.daily_usd:
             now = self.clock.now()
-            used = self.accounting.usage.get((key.name, utc_day(now)))
+            day = utc_day(now)
+            used = self.limiter.day_usage(key.name, day) or self.accounting.usage.get((key.name, day))
             if used is not None:
                 why = self.limiter.budget_exceeded(key.name, {"tokens": used[1], "usd": used[2]})
                 if why:

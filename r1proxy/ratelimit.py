@@ -200,6 +200,14 @@ class KeyLimiter:
         st = self._keys.get(key)
         return st.in_flight if st else 0
 
+    def day_usage(self, key: str, day: str) -> tuple[float, float, float] | None:
+        """(requests, tokens, usd) of a key on a UTC day when the limiter keeps them (shared between
+        workers, see sharedlimits.py); None here: one process's accounting holds them."""
+        return None
+
+    def add_day_usage(self, key: str, day: str, requests: float, tokens: float, usd: float) -> None:
+        """Count a finished request towards the day's usage (kept only by the shared limiter)."""
+
     def budget_exceeded(self, key: str, day_usage: Mapping[str, float]) -> str | None:
         """"daily_tokens"/"daily_usd" if today's usage ({"tokens", "usd"}) reached the budget, else None."""
         st = self._keys.get(key)

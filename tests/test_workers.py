@@ -1,0 +1,132 @@
+"""``server.workers = 2`` as a real process tree: both workers serve the port (SO_REUSEPORT), share
+the SQLite tier and a key's limits (its rpm is the key's, not each worker's), and SIGHUP, SIGTERM
+and sd_notify work through the supervisor; a killed worker is started again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from r1proxy.proclimits import ProcessKeyLimiter, ProcessLimits
+from tests.fake_upstream import unused_port
+from tests.test_lifecycle import Proc, body, write_config
+
+KEY = "local-workers-key"
+
+
+def keys(rpm: int) -> str:
+    return f'[[keys]]\nname = "dev"\nkey = "{KEY}"\nrpm = {rpm}\n'
+
+
+def config(tmp_path: Path, base_url: str, port: int, rpm: int) -> Path:
+    cfg = write_config(tmp_path, base_url, port, keys(rpm))
+    text = cfg.read_text().replace("[server]\n", "[server]\nworkers = 2\n", 1)
+    cfg.write_text(text)
+    return cfg
+
+
+async def post(url: str, text: str, stream: bool = False) -> tuple[int, str, str]:
+    """One request on a new connection (so the kernel may pick either worker)."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as s, \
+            s.post(url, json=body(text, stream)) as r:
+        await r.read()
+        return r.status, r.headers.get("X-Request-Id", ""), r.headers.get("X-Cache", "")
+
+
+async def test_two_workers_share_the_port_the_cache_and_a_keys_rpm(tmp_path: Path, fake_server: Any) -> None:
+    port = unused_port()
+    cfg = config(tmp_path, fake_server.base_url, port, rpm=6)
+    p = Proc(tmp_path, cfg, port)
+    await p.start()
+    try:
+        url = p.url("/chat/completions")
+        results = [await post(url, f"question {i}") for i in range(12)]  # misses: each takes an rpm token
+        statuses = [s for s, _, _ in results]
+        assert statuses.count(200) == 6 and statuses.count(429) == 6  # 6 for the key, not 6 per worker
+        assert fake_server.fake.count() == 6
+        answered = [i for i, (s, _, _) in enumerate(results) if s == 200]
+        again = [await post(url, f"question {i}") for i in answered for _ in range(2)]  # hits cost no token
+        assert [c for _, _, c in again] == ["HIT"] * len(again)  # whichever worker stored it: one SQLite
+        assert fake_server.fake.count() == 6
+        prefixes = {rid[:6] for _, rid, _ in results + again if rid}
+
+        # SIGHUP: validated by the supervisor, applied by every worker
+        cfg.write_text(cfg.read_text().replace("rpm = 6", "rpm = 600"))
+        p.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        await p.wait_for("RELOADING=1", 10)
+        ok = 0
+        for _ in range(40):
+            status, rid, _ = await post(url, f"after the reload {ok}")
+            if rid:
+                prefixes.add(rid[:6])
+            ok += status == 200
+            if ok >= 6:
+                break
+            await asyncio.sleep(0.05)
+        assert ok >= 6
+        assert len(prefixes) == 2, prefixes  # both workers answered
+    finally:
+        code, err = await p.stop()
+    assert code == 0, err
+    assert any("READY=1" in m for m in p.messages) and any("STOPPING=1" in m for m in p.messages)
+    assert not Path(tmp_path / "state" / "r1proxy.db.open").exists()  # a clean stop
+
+
+async def test_a_killed_worker_is_started_again(tmp_path: Path, fake_server: Any) -> None:
+    port = unused_port()
+    p = Proc(tmp_path, config(tmp_path, fake_server.base_url, port, rpm=0), port)
+    await p.start()
+    try:
+        assert p.proc is not None
+        children = Path(f"/proc/{p.proc.pid}/task/{p.proc.pid}/children")
+        if not children.exists():
+            pytest.skip("no /proc/PID/task/PID/children on this kernel")
+        workers = [int(x) for x in children.read_text().split()]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        for _ in range(200):
+            now = [int(x) for x in children.read_text().split()]
+            if workers[0] not in now and len(now) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert workers[0] not in now and len(now) >= 2
+        for i in range(6):  # new connections: some reach the new worker
+            status, _, _ = await post(p.url("/chat/completions"), f"after the restart {i}")
+            assert status == 200
+    finally:
+        code, err = await p.stop()
+    assert code == 0, err
+
+
+def test_shared_limits_hold_across_limiter_instances() -> None:
+    """Two limiters (as two workers have) on one ProcessLimits: one rpm bucket, one parallel count."""
+
+    class Key:
+        name, rpm, tpm, max_parallel, daily_tokens, daily_usd = "k", 3, 0, 2, 0, 0.0
+
+    t = [1000.0]
+    shared = ProcessLimits()
+    a = ProcessKeyLimiter([Key()], shared, 0, now=lambda: t[0])
+    b = ProcessKeyLimiter([Key()], shared, 1, now=lambda: t[0])
+    assert a.acquire("k").allowed and b.acquire("k").allowed
+    assert b.acquire("k").reason == "parallel" and a.in_flight("k") == 2
+    a.release("k")
+    b.release("k")
+    assert a.acquire("k").allowed  # the third token
+    a.release("k")
+    d = b.acquire("k")
+    assert not d.allowed and d.reason == "rpm" and d.retry_after == pytest.approx(20.0)
+    t[0] += 20.0
+    assert b.acquire("k").allowed
+    shared.clear_worker(1)  # the supervisor forgets a dead worker's slots
+    assert a.in_flight("k") == 0
+    a.add_day_usage("k", "2026-11-26", 1, 100, 0.5)
+    b.add_day_usage("k", "2026-11-26", 1, 50, 0.25)
+    assert a.day_usage("k", "2026-11-26") == (2, 150, 0.75)
+    assert b.day_usage("k", "2026-11-27") is None
