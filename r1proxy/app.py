@@ -28,7 +28,7 @@ from .cache.zdict import Compression
 from .clock import Clock
 from .config import Config, ConfigError, load_config
 from .db import Database, DatabaseUnavailable
-from .errors import error_middleware
+from .errors import error_middleware, quiet_client_mistakes
 from .gateway import Gateway
 from .handlers import setup_routes
 from .heartbeat import Heartbeat
@@ -45,6 +45,7 @@ WORKER_KEY = web.AppKey("r1proxy_worker", object)  # a WorkerRole when server.wo
 
 def create_app(config: Config, clock: Clock | None = None, worker: WorkerRole | None = None) -> web.Application:
     redact.register(config.secrets())  # before anything can relay or log one
+    quiet_client_mistakes()
     app = web.Application(client_max_size=config.server.max_request_bytes,
                           middlewares=[error_middleware, guard.guard_middleware],
                           handler_args={"max_field_size": 65536})

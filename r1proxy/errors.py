@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import redact
 
@@ -152,3 +153,24 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return ProxyError(500, "Internal error in r1proxy (see its log)", type="api_error").response()
+
+
+class _ClientMistakeFilter(logging.Filter):
+    """aiohttp logs a malformed request (bad header, bad chunk size, unknown Content-Encoding) as an
+    ERROR with a traceback; it is the client's mistake: one INFO line, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            first = (getattr(exc, "message", "") or str(exc)).strip().splitlines()
+            record.msg, record.args = "malformed request: %s (HTTP %s)", (first[0] if first else "?", exc.code)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_client_mistakes() -> None:
+    """Install the filter on aiohttp's server logger (idempotent)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ClientMistakeFilter) for f in logger.filters):
+        logger.addFilter(_ClientMistakeFilter())

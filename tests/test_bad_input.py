@@ -112,6 +112,11 @@ async def test_malformed_http_and_vanishing_clients_are_one_info_line(
         host, port = runner.addresses[0][:2]
         out = await raw_http(host, port, b"GARBAGE \x00\x01 HTTP/9\r\n\r\n")
         assert out.split(b" ")[1] == b"400", out[:100]
+        for junk in (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",  # aiohttp: ERROR + traceback
+                     b"POST /chat/completions HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\n"
+                     b"Content-Length: 2\r\n\r\n{}"):
+            out = await raw_http(host, port, junk)
+            assert out.split(b" ")[1] == b"400", out[:100]
         # a client that announces a body and leaves halfway
         _reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"POST /chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -128,6 +133,7 @@ async def test_malformed_http_and_vanishing_clients_are_one_info_line(
     assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING], shown
     assert not [rec for rec in caplog.records if rec.exc_info and rec.levelno >= logging.INFO], shown
     assert [rec for rec in caplog.records if "went away" in rec.getMessage()], shown
+    assert len([rec for rec in caplog.records if "malformed request" in rec.getMessage()]) == 2, shown
 
 
 # -- property-based fuzz -------------------------------------------------------------------
