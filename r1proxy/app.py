@@ -91,8 +91,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                     db.recovered_from)
     cache: TieredCache = NullCache()
     disk: SqliteTier | None = None
-    coalescer = None
-    limits = None
+    team = None
     if config.cache.enabled:
         memory = MemoryTier(int(config.cache.memory_mb * 1024 * 1024)) if config.cache.memory_mb else None
         compression = Compression(db=db)
@@ -101,23 +100,16 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                           stale_if_error=config.cache.stale_if_error, compression=compression)
         disk.start()
         tiers: list[CacheTier] = [disk]
-        if config.cache.redis.enabled:
-            from .cache.redistier import RedisTier, connect
+        if config.cache.redis.enabled:  # the shared tier, coalescing and limits across processes
+            from .team import Team
 
-            rcfg = config.cache.redis
-            shared = RedisTier(connect(rcfg), rcfg, stale_if_error=config.cache.stale_if_error,
-                               compression=compression)
-            tiers.append(shared)
-            if rcfg.coalesce:
-                from .coalesce import BLOCK_S, Coalescer
-
-                blocking = connect(rcfg, socket_timeout=BLOCK_S + 2 * rcfg.timeout + 0.5)
-                coalescer = Coalescer(shared.client, blocking, rcfg, shared.breaker)
-            from .sharedlimits import SharedLimits
-
-            limits = SharedLimits(shared.client, rcfg, shared.breaker)
+            team = Team.open(config, compression, app[CLOCK_KEY].now)
+            tiers.append(team.tier)
         cache = TieredCache(memory, tiers)
-    app[STORE_KEY] = Store(db, cache, RequestLog(db), coalescer, limits)
+        if team is not None:
+            team.listen(cache)
+    app[STORE_KEY] = Store(db, cache, RequestLog(db), team.coalescer if team else None,
+                           team.limits if team else None)
     checking = None
     if unclean and not failed:
         off = disk.disable if disk is not None else (lambda why: None)
@@ -128,10 +120,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         if checking is not None:
             checking.cancel()
             await asyncio.gather(checking, return_exceptions=True)
-        if coalescer is not None:
-            await coalescer.close()
-        if limits is not None:
-            await limits.close()
+        if team is not None:
+            await team.close()
         await cache.close()
         await db.close()
         if worker is None:

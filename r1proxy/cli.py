@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     pg.add_argument("--model", help="only this upstream model")
     pg.add_argument("--older-than", metavar="AGE", help='created before AGE ago, e.g. "7d", "12h"')
     pg.add_argument("--all", action="store_true", help="every entry")
+    pg.add_argument("--tier", choices=("sqlite", "redis", "all"), default="sqlite",
+                    help="sqlite (default): this machine's database; redis: the shared tier and every "
+                         "process's copies; all: both. With [cache.redis], running servers drop memory copies")
     ex = csub.add_parser("explain", help="why did a request miss: the nearest stored request and the first "
                                          "difference (a request body on stdin, or --last / --request-id)")
     ex.add_argument("--last", action="store_true", help="the last logged miss whose request is stored")
@@ -137,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             if args.cache_cmd == "explain":
                 return ops.explain(config, args.last, args.request_id, args.json)
-            kw = {k: getattr(args, k) for k in ("model", "older_than", "all", "key", "dest", "samples", "full")
+            kw = {k: getattr(args, k) for k in ("model", "older_than", "all", "key", "dest", "samples", "full",
+                                      "tier")
                   if hasattr(args, k)}
             if args.cache_cmd == "ls":
                 kw["limit"] = args.n

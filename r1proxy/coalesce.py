@@ -162,6 +162,8 @@ class Coalescer:
                     self.breaker.success()
                 if finished or abandon:
                     return
+                if flight.finished or sent < len(flight.items) or (flight.started and not started):
+                    continue  # it moved on while we were writing: no await between this check and the wait
                 await flight.wait(self.cfg.lock_ttl / 3)
         except asyncio.CancelledError:
             raise
@@ -250,12 +252,8 @@ class Coalescer:
         return {"led": c.led, "followed": c.followed, "leader_lost": c.leader_lost, "fallbacks": c.fallbacks}
 
     async def close(self) -> None:
-        """Let publishers finish their last records (bounded), then close the blocking client."""
+        """Let publishers finish their last records (bounded); the clients belong to the caller."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=max(1.0, 10 * self.cfg.timeout))
             for t in self._tasks:
                 t.cancel()
-        try:
-            await self.blocking.aclose()
-        except Exception as e:
-            log.debug("redis close: %s", e)

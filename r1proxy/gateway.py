@@ -100,6 +100,13 @@ class Gateway:
     async def refresh_cache_stats(self) -> None:
         self.flush_accounting()
         self.metrics.set_cache_stats(await self.cache.stats())
+        reports: dict[str, dict[str, object]] = dict(self.cache.reports())
+        shared = getattr(self.flights.shared, "report", None)
+        if shared is not None:
+            reports["redis_coalescing"] = dict(shared())
+        if self.shared_limits is not None:
+            reports["redis_limits"] = dict(self.shared_limits.report())
+        self.metrics.set_tier_reports(reports)
 
     async def stop(self, timeout: float) -> None:
         """Let flights that are finishing for the cache end, within ``timeout``; account for everything."""

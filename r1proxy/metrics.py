@@ -99,6 +99,7 @@ class Metrics:
         self._usd_prefix_saved = 0.0
         self.in_flight = 0
         self._cache_rows: list[tuple[str, int, int]] = []
+        self._tier_reports: dict[str, dict[str, Any]] = {}
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
         if process_metrics:
@@ -190,6 +191,13 @@ class Metrics:
         """The cache tiers' figures, pushed before a scrape or snapshot (the /metrics and /stats
         handlers call ``m.set_cache_stats(await cache.stats())`` first)."""
         self._cache_rows = [_tier_row(r) for r in rows]
+
+    def set_tier_reports(self, reports: dict[str, dict[str, Any]]) -> None:
+        """Counters and breaker state of tiers that keep them (the shared Redis tier), pushed like cache stats."""
+        self._tier_reports = dict(reports)
+
+    def tier_reports(self) -> dict[str, dict[str, Any]]:
+        return dict(self._tier_reports)
 
     def cache_stats(self) -> list[tuple[str, int, int]]:
         """The last pushed (tier, entries, bytes) rows."""
@@ -317,3 +325,18 @@ class _Collector(Collector):
             size.add_metric([tier], b)
         yield entries
         yield size
+        events = CounterMetricFamily("r1proxy_shared_tier_events",
+                                     "Shared (Redis) tier and coordination events: hits, misses, errors, lookups "
+                                     "skipped while the breaker is open, writes, dropped writes, …",
+                                     labels=["tier", "event"])
+        breaker = GaugeMetricFamily("r1proxy_shared_tier_breaker_open",
+                                    "1 while the breaker keeps the shared tier out of use (degraded), else 0.",
+                                    labels=["tier"])
+        for tier, report in m.tier_reports().items():
+            for event, n in report.items():
+                if isinstance(n, int) and not isinstance(n, bool) and event != "queued":
+                    events.add_metric([tier, event], n)
+            if "state" in report:
+                breaker.add_metric([tier], 0 if report["state"] == "closed" else 1)
+        yield events
+        yield breaker

@@ -158,13 +158,21 @@ async def _cache(config: Config, action: str, **kw: Any) -> int:
             print(f"purged {kw['key']}")
         elif action == "purge":
             older = kw.get("older_than")
-            try:
-                n = await tier.purge(model=kw.get("model"), older_than_s=parse_duration(older) if older else None,
-                                     all=kw.get("all", False))
-            except ValueError as e:
-                raise OpsError(str(e)) from None
-            print(f"purged {n} entr{'y' if n == 1 else 'ies'} (a running server may still hold some in memory "
-                  "until restart)")
+            older_s = parse_duration(older) if older else None
+            where = kw.get("tier") or "sqlite"
+            if where != "sqlite" and not config.cache.redis.enabled:
+                raise OpsError("there is no shared tier to purge: cache.redis.url is not set")
+            n = 0
+            if where in ("sqlite", "all"):
+                try:
+                    n = await tier.purge(model=kw.get("model"), older_than_s=older_s, all=kw.get("all", False))
+                except ValueError as e:
+                    raise OpsError(str(e)) from None
+                print(f"purged {n} entr{'y' if n == 1 else 'ies'} from {config.db_path}")
+            if config.cache.redis.enabled:
+                await _purge_shared(config, kw.get("model"), older_s, bool(kw.get("all")), team=where != "sqlite")
+            elif n:
+                print("(a running server may still hold some in memory until restart)")
         elif action == "train-dict":
             await _train_dict(db, kw.get("samples", 2000))
         elif action == "vacuum":
@@ -183,6 +191,28 @@ async def _cache(config: Config, action: str, **kw: Any) -> int:
         return 0
     finally:
         await db.close()
+
+
+async def _purge_shared(config: Config, model: str | None, older_s: float | None, all_: bool, *, team: bool) -> None:
+    """``team``: purge the Redis tier and have every process purge its own SQLite too; always: every
+    running r1proxy on this Redis drops its memory copies (a pub/sub broadcast)."""
+    from .cache.purge import PurgeFilter, broadcast, purge_redis
+    from .cache.redistier import connect
+
+    rcfg = config.cache.redis
+    f = PurgeFilter(model=model, before=None if older_s is None else time.time() - older_s, all=all_, shared=team)
+    client = connect(rcfg, max_connections=4, socket_timeout=max(5.0, rcfg.timeout))
+    try:
+        if team:
+            n = await purge_redis(client, rcfg.prefix, f)
+            print(f"purged {n} entr{'y' if n == 1 else 'ies'} from the shared Redis tier")
+        told = await broadcast(client, rcfg.prefix, f)
+        print(f"told {told} running r1proxy process{'' if told == 1 else 'es'} to drop their copies"
+              + (" (memory and SQLite)" if team else " (memory)"))
+    except Exception as e:
+        raise OpsError(f"cannot reach Redis for the purge: {type(e).__name__}: {str(e)[:200]}") from None
+    finally:
+        await client.aclose()
 
 
 async def _train_dict(db: Database, samples: int) -> None:

@@ -131,6 +131,7 @@ async def test_a_dead_leader_lets_a_follower_go_upstream(coalescing: Any) -> Non
                 t.cancel()
             await c.close()
             await c.client.aclose()
+            await c.blocking.aclose()
 
 
 async def test_frames_replay_from_the_start_and_an_error_is_shared(coalescing: Any) -> None:
@@ -160,6 +161,7 @@ async def test_frames_replay_from_the_start_and_an_error_is_shared(coalescing: A
         for c in (leader, follower):
             await c.close()
             await c.client.aclose()
+            await c.blocking.aclose()
 
 
 async def _true(v: bool) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from r1proxy.cache.entry import CacheEntry, CacheTier, TierStats
 from r1proxy.cache.memory import MemoryTier
+from r1proxy.cache.purge import PurgeFilter
 
 __all__ = ["CacheEntry", "CacheTier", "MemoryTier", "NullCache", "TierStats", "TieredCache"]
 
@@ -84,6 +85,17 @@ class TieredCache:
     def degraded(self) -> list[str]:
         """One line per tier that is configured but not in use right now (e.g. "redis breaker open …")."""
         return [d for d in (getattr(t, "degraded", "") for t in self.tiers) if d]
+
+    async def purge_local(self, f: PurgeFilter, now: float) -> int:
+        """Apply a purge broadcast: drop matching entries from memory, and from SQLite when team-wide."""
+        n = self.memory.drop_where(lambda e: f.matches(e.model, e.created_at)) if self.memory is not None else 0
+        if f.shared:
+            for t in self.tiers:
+                purge = getattr(t, "purge", None)
+                if t.name == "sqlite" and purge is not None:
+                    n += await purge(model=f.model, all=f.all,
+                                     older_than_s=None if f.before is None else max(0.0, now - f.before), now=now)
+        return n
 
     def reports(self) -> dict[str, dict[str, object]]:
         """Per-tier counters from tiers that keep them (the Redis tier: hits, errors, breaker state …)."""
