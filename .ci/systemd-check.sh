@@ -81,8 +81,8 @@ tar --numeric-owner -C "$ROOT" -xpf "$TARBALL"
 
 # This machine's egress may re-sign TLS with its own CAs: trust what the host trusts, when present.
 cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/" 2>/dev/null || true
-# The checkout as alice's: tracked and untracked-but-not-ignored files (no .venv, build/, *.egg-info).
-mkdir -p "$ROOT/root/r1proxy"  # moved to /home/alice once alice exists
+# The checkout: tracked and untracked-but-not-ignored files (no .venv, build/, *.egg-info).
+mkdir -p "$ROOT/root/r1proxy"  # copied to alice's and bob's homes once they exist
 if git -C "$SRC" rev-parse --git-dir >/dev/null 2>&1; then
   git -C "$SRC" ls-files -z --cached --others --exclude-standard \
     | tar -C "$SRC" --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -C "$ROOT/root/r1proxy" -xf -
@@ -127,23 +127,27 @@ say "booted systemd $(c systemctl --version | awk 'NR==1{print $2}') in $BOOT_S 
 
 echo "127.0.1.1 $(c hostname)" >>"$ROOT/etc/hosts"  # sudo wants to resolve it
 c update-ca-certificates >/dev/null 2>&1
-c useradd -m -s /bin/bash alice
-c mv /root/r1proxy /home/alice/r1proxy
-c chown -R alice:alice /home/alice/r1proxy
-echo 'alice ALL=(ALL) NOPASSWD: ALL' >"$ROOT/etc/sudoers.d/alice"
-c loginctl enable-linger alice
-ALICE_UID=$(c id -u alice)
-for _ in $(seq 100); do c test -S "/run/user/$ALICE_UID/systemd/private" && break; sleep 0.1; done
+# alice installs both services from her checkout; bob only the user service, from his own
+for u in alice bob; do
+  c useradd -m -s /bin/bash "$u"
+  c cp -a /root/r1proxy "/home/$u/r1proxy"
+  c chown -R "$u:$u" "/home/$u/r1proxy"
+  echo "$u ALL=(ALL) NOPASSWD: ALL" >"$ROOT/etc/sudoers.d/$u"
+  c loginctl enable-linger "$u"   # a lingering user: the user manager runs without a login
+  uid=$(c id -u "$u")
+  for _ in $(seq 100); do c test -S "/run/user/$uid/systemd/private" && break; sleep 0.1; done
+done
 
-# alice's shell: the container's files, processes and systemd, the host's network (PyPI for pip)
-as_alice() {
-  nsenter -t "$L" -m -u -i -p -r -w -- setpriv --reuid=alice --regid=alice --init-groups \
-    env -i HOME=/home/alice USER=alice LOGNAME=alice SHELL=/bin/bash PATH=/usr/local/bin:/usr/bin:/bin \
-    XDG_RUNTIME_DIR="/run/user/$ALICE_UID" bash -euo pipefail -c "$1"
+# a user's shell: the container's files, processes and systemd, the host's network (PyPI for pip)
+as_user() {  # as_user USER SCRIPT
+  nsenter -t "$L" -m -u -i -p -r -w -- setpriv --reuid="$1" --regid="$1" --init-groups \
+    env -i HOME="/home/$1" USER="$1" LOGNAME="$1" SHELL=/bin/bash PATH=/usr/local/bin:/usr/bin:/bin \
+    XDG_RUNTIME_DIR="/run/user/$(c id -u "$1")" bash -euo pipefail -c "$2"
 }
-recipe() {  # the first ```sh block under "## $1" in systemd/README.md, for alice's checkout
+as_alice() { as_user alice "$1"; }
+recipe() {  # recipe SECTION USER: the first ```sh block under "## SECTION" in systemd/README.md
   awk -v sec="## $1" '$0 == sec {f = 1; next} f && /^```sh$/ {b = 1; next} b && /^```$/ {exit} b {print}' \
-    "$SRC/systemd/README.md" | sed 's|/path/to/r1proxy|/home/alice/r1proxy|g'
+    "$SRC/systemd/README.md" | sed "s|/path/to/r1proxy|/home/${2:-alice}/r1proxy|g"
 }
 
 PASS=0
@@ -269,6 +273,13 @@ case $(journal -u r1proxy -p err) in *'r1proxy: config error: /etc/r1proxy/confi
 ok "a config error: failed at once with status 78, no restart loop, the error at priority err"
 printf '%s\n' "$GOOD_CFG" | c tee "$SYS_CFG" >/dev/null
 c systemctl reset-failed r1proxy
+
+# --- the user service on its own: bob's fresh checkout, no system service of his ------------------------
+t=$(date +%s)
+as_user bob "$(recipe 'User service' bob)" <<<"$KEY" || die "the User service recipe failed on its own (bob)"
+as_user bob 'systemctl --user is-active r1proxy && systemctl --user stop r1proxy' >/dev/null \
+  || die "bob's user service is not active"
+ok "the User service recipe on its own (bob's fresh checkout): active in $(( $(date +%s) - t )) s"
 
 # --- the user service, from the same checkout, after the system one ----------------------------------
 t=$(date +%s)
