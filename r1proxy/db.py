@@ -5,7 +5,8 @@ point-read connection for the cache's key lookups, and a writer connection on it
 Writes never block or fail a caller: ``submit()`` queues them and a single background task
 runs them in batches, each batch one transaction in ONE trip to the writer thread (an await
 per statement would make the writer crawl when the event loop is busy: every await waits for
-a full loop iteration); errors are logged once per kind and counted in ``write_errors``.
+a full loop iteration); errors are counted in ``write_errors`` and logged once per state change (storage.py); a file
+deleted or replaced while serving is noticed by a periodic (device, inode) check and reopened.
 A file that is not a database (or fails ``quick_check``, when the opener asks for it: the server
 does only after a failed background check, see integrity.py) is moved aside at open and a fresh
 one is started; a database held locked by another process raises ``DatabaseLocked``.
@@ -16,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from r1proxy.dbfile import (
     point_reader,
     prepare,
 )
+from r1proxy.storage import WriteHealth, file_id
 
 __all__ = ["Database", "DatabaseLocked", "DatabaseUnavailable", "move_aside"]
 
@@ -50,22 +53,6 @@ class _Op:
     many: bool = False
     done: asyncio.Future[int] | None = None  # set for awaited writes: receives the rowcount
     seq: int = 0  # position in the writer's queue (see Database.wait_written)
-
-
-@dataclass(slots=True)
-class _ErrorLog:
-    """Counts write errors; logs the first of each kind only, so a full disk logs once."""
-
-    count: int = 0
-    seen: set[str] = field(default_factory=set)
-
-    def note(self, err: BaseException, sql: str) -> None:
-        self.count += 1
-        kind = f"{type(err).__name__}: {err}"
-        if kind not in self.seen:
-            self.seen.add(kind)
-            log.error("database write failed (%s); skipping it, further errors of this kind are "
-                      "only counted. statement: %s", kind, " ".join(sql.split())[:120])
 
 
 class Database:
@@ -85,13 +72,18 @@ class Database:
         self._reader = reader
         self._batch_size = batch_size
         self._queue: asyncio.Queue[_Op] = asyncio.Queue()
-        self._errors = _ErrorLog()
+        self._errors = WriteHealth()
+        self.reopens = 0  # times the file was found deleted or replaced and opened again
+        self.watch_s = 2.0  # how often the file's identity (and a full disk) is checked
+        self._busy_ms = 5000
+        self._ident = file_id(path)
         self._closed = False
         self._point: sqlite3.Connection | None = None
         self._seq = 0  # writes queued so far
         self._written = 0  # the highest sequence number the writer has finished
         self._progress = asyncio.Event()  # set (and replaced) after every batch
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="r1proxy-db-writer")
+        self._watch = asyncio.get_running_loop().create_task(self._watch_loop(), name="r1proxy-db-watch")
 
     @classmethod
     async def open(cls, path: str | Path, *, busy_timeout_ms: int = 5000, batch_size: int = 256,
@@ -141,6 +133,7 @@ class Database:
             raise
         db = cls(path, conn, pool, reader, batch_size=batch_size)
         db.recovered_from = moved
+        db._busy_ms = busy_timeout_ms
         db._point = point_reader(path)
         return db
 
@@ -148,6 +141,66 @@ class Database:
     def write_errors(self) -> int:
         """Writes that failed and were skipped since open."""
         return self._errors.count
+
+    @property
+    def degraded(self) -> str:
+        """Why storage is not working right now ("" when it is), for ``/health``."""
+        return self._errors.degraded
+
+    @property
+    def last_event(self) -> str:
+        return self._errors.event
+
+    async def check_file(self) -> bool:
+        """Whether the file is still the one opened; if it was deleted or replaced, log it and reopen."""
+        now = file_id(self.path)
+        if now == self._ident or self._closed:
+            return True
+        what = "deleted" if now is None else "replaced by another file"
+        log.error("database %s was %s while serving; answers written since then are lost. Reopening it.",
+                  self.path, what)
+        await self._reopen()
+        self.reopens += 1
+        self._errors.event = (f"{time.strftime('%H:%M:%SZ', time.gmtime())}: the database file was {what} "
+                              f"and has been reopened")
+        return False
+
+    async def _reopen(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def swap_writer() -> None:  # on the writer thread, between batches
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            try:
+                prepare(self.path, self._busy_ms, True, False)
+            except sqlite3.Error as e:
+                if not is_corrupt(e):
+                    raise
+                log.error("database %s: the new file is not a database; moved it to %s", self.path,
+                          move_aside(self.path))
+                prepare(self.path, self._busy_ms, False, False)
+            self._conn = connect_writer(self.path, self._busy_ms)
+
+        await loop.run_in_executor(self._pool, swap_writer)
+        old, self._reader = self._reader, await connect_reader(self.path, self._busy_ms)
+        await old.close()
+        if self._point is not None:
+            self._point.close()
+        self._point = point_reader(self.path)
+        self._ident = file_id(self.path)
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.watch_s)
+            try:
+                await self.check_file()
+                if self._errors.full:  # a WAL that filled the disk keeps it full: give the space back
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._pool, self._conn.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+            except (sqlite3.Error, OSError, DatabaseUnavailable) as e:
+                log.debug("database check: %s", e)
 
     @property
     def closed(self) -> bool:
@@ -213,6 +266,7 @@ class Database:
             return
         self._closed = True
         self._progress.set()  # wake anyone in wait_written: nothing more will be written
+        self._watch.cancel()
         await self.flush()
         self._writer.cancel()
         try:
@@ -233,7 +287,7 @@ class Database:
 
     def _enqueue(self, op: _Op) -> int:
         if self._closed:
-            self._errors.note(RuntimeError("database is closed"), op.sql)
+            self._errors.failed(RuntimeError("database is closed"), op.sql)
             return 0
         self._seq += 1
         op.seq = self._seq
@@ -259,7 +313,7 @@ class Database:
                 raise
             except Exception as e:  # the writer must not die: skip and count the batch
                 for op in batch:
-                    self._errors.note(e, op.sql)
+                    self._errors.failed(e, op.sql)
                     self._resolve(op, error=e)
             finally:
                 for _ in batch:
@@ -273,9 +327,10 @@ class Database:
         outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, self._write, batch, ops)
         for op, count, error in outcomes:
             if error is not None:
-                self._errors.note(error, op.sql)
+                self._errors.failed(error, op.sql)
                 self._resolve(op, error=error)
             else:
+                self._errors.succeeded(op.sql)
                 self._resolve(op, count=count)
 
     def _write(self, batch: list[_Op], ops: list[_Op]) -> list[tuple[_Op, int, sqlite3.Error | None]]:

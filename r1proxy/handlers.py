@@ -35,8 +35,11 @@ async def health(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     cfg = request.app[CONFIG_KEY]
     db = gw.reqlog.db if gw.reqlog is not None else None
-    degraded = gw.cache.degraded()
-    return web.json_response({"status": "degraded" if degraded else "ok", "version": __version__,
+    degraded = gw.cache.degraded() + ([db.degraded] if db is not None and db.degraded else [])
+    extra = {"reason": "; ".join(degraded)} if degraded else {}  # HTTP 200 all the same: Roo keeps working
+    if db is not None and db.last_event:
+        extra["db_event"] = db.last_event  # e.g. the file was deleted while serving, and reopened
+    return web.json_response({"status": "degraded" if degraded else "ok", "version": __version__, **extra,
                               "degraded": degraded,  # e.g. "redis breaker open …": served from local tiers
                               "uptime_s": round(time.time() - gw.started_at, 3),
                               "in_flight": len(gw.flights), "cache": cfg.cache.enabled,
