@@ -3,7 +3,8 @@
     python -m bench.semantic                 # all three parts
     python -m bench.semantic --only corpus   # precision / recall / false hits per threshold
 
-corpus:  every pair of tests/data/semantic_corpus.txt as two Roo request bodies, through the real
+corpus:  every pair of tests/data/semantic_corpus.txt (the guards were tuned on it) and of
+         tests/data/semantic_holdout.txt (written after, see its header) as two Roo request bodies, through the real
          partition split, the numpy encoder and the guards; per threshold: predicted hits, precision,
          recall and false hits, for cosine alone and with the guards (what r1proxy serves).
 latency: the encoder on the corpus texts (<= 64 tokens), one text per call; p50/p90, with a
@@ -27,16 +28,16 @@ from r1proxy.cache.semantic import guards
 from r1proxy.cache.semantic.encoder import load_encoder
 from r1proxy.cache.semantic.partition import Split, split
 from r1proxy.config import ROO_CURRENT_TIME
-from tests.semantic_corpus import pairs
+from tests.semantic_corpus import ALL, CORPUS, pairs
 
 THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98)
 
 
-def corpus(thresholds: tuple[float, ...] = THRESHOLDS) -> list[dict[str, Any]]:
+def corpus(thresholds: tuple[float, ...] = THRESHOLDS, path: Path = CORPUS) -> list[dict[str, Any]]:
     keys = KeyMaker([ROO_CURRENT_TIME])
     enc = load_encoder()
     scored: list[tuple[Any, float]] = []
-    for p in pairs():
+    for p in pairs(path):
         a, b = split(keys, "openrouter", p.source()), split(keys, "openrouter", p.new())
         assert isinstance(a, Split) and isinstance(b, Split), (p, a, b)
         assert a.partition == b.partition, f"partition differs for {p}"
@@ -58,7 +59,7 @@ def corpus(thresholds: tuple[float, ...] = THRESHOLDS) -> list[dict[str, Any]]:
             rows.append({"threshold": t, "mode": mode, "served": served_n, "tp": tp, "fp": fp,
                          "precision": tp / served_n if served_n else 1.0, "recall": tp / positives,
                          "false_hit_rate": fp / served_n if served_n else 0.0, "wrong": wrong})
-    print(f"corpus: {len(scored)} pairs ({positives} paraphrases, {len(scored) - positives} near misses)")
+    print(f"corpus {path.name}: {len(scored)} pairs ({positives} paraphrases, {len(scored) - positives} near misses)")
     print(f"{'threshold':>9} {'mode':<12} {'served':>6} {'precision':>9} {'recall':>7} {'false hits':>10} "
           f"{'wrong/served':>12}")
     for r in rows:
@@ -93,14 +94,32 @@ def latency(reps: int = 3) -> dict[str, float]:
         t0 = time.perf_counter()
         x @ m
         ref.append(time.perf_counter() - t0)
+    buckets = {}
+    for target in (32, 64):  # corpus sentences joined up to the target length
+        long_texts, i = [], 0
+        while len(long_texts) < 40:
+            t = texts[i % len(texts)]
+            while enc.token_count(t) < target:
+                i += 1
+                t = f"{t} {texts[i % len(texts)]}"
+            long_texts.append(t)
+            i += 1
+        bt = []
+        for t in long_texts:
+            t0 = time.perf_counter()
+            enc.embed(t)
+            bt.append(time.perf_counter() - t0)
+        buckets[target] = statistics.median(bt) * 1e3
     tokens = [enc.token_count(t) for t in texts]
     out = {"texts": len(texts), "tokens_p50": statistics.median(tokens), "tokens_max": max(tokens),
            "p50_ms": statistics.median(times) * 1e3, "p90_ms": sorted(times)[int(0.9 * len(times))] * 1e3,
-           "min_ms": min(times) * 1e3, "ref_matmul_us": statistics.median(ref) * 1e6}
+           "min_ms": min(times) * 1e3, "ref_matmul_us": statistics.median(ref) * 1e6,
+           "p50_32_ms": buckets[32], "p50_64_ms": buckets[64]}
     print(f"latency: {out['texts']} texts, {out['tokens_p50']:.0f} tokens p50 (max {out['tokens_max']}): "
           f"p50 {out['p50_ms']:.1f} ms, p90 {out['p90_ms']:.1f} ms, min {out['min_ms']:.1f} ms "
           f"(reference 32x384 @ 384x384 matmul: {out['ref_matmul_us']:.0f} us; "
-          f"embedding = {out['p50_ms'] * 1e3 / out['ref_matmul_us']:.0f}x reference)")
+          f"embedding = {out['p50_ms'] * 1e3 / out['ref_matmul_us']:.0f}x reference); "
+          f"32-64 tokens: p50 {out['p50_32_ms']:.1f} ms; 64-80 tokens: p50 {out['p50_64_ms']:.1f} ms")
     return out
 
 
@@ -153,9 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=("corpus", "latency", "search"))
     ap.add_argument("--entries", type=int, default=100_000, help="vectors for the search part")
+    ap.add_argument("--wrong", action="store_true", help="list the near misses served, per threshold")
     args = ap.parse_args(argv)
     if args.only in (None, "corpus"):
-        corpus()
+        for path in ALL:
+            rows = corpus(path=path)
+            if args.wrong:
+                for r in rows:
+                    if r["mode"] == "guarded" and r["wrong"]:
+                        print(f"  wrong at {r['threshold']:.2f}:", *r["wrong"], sep="\n    ")
     if args.only in (None, "latency"):
         latency()
     if args.only in (None, "search"):

@@ -16,6 +16,9 @@ from typing import Any
 from tests.roo import roo_body
 
 CORPUS = Path(__file__).parent / "data" / "semantic_corpus.txt"
+HOLDOUT = Path(__file__).parent / "data" / "semantic_holdout.txt"
+HOLDOUT2 = Path(__file__).parent / "data" / "semantic_holdout2.txt"
+ALL = (CORPUS, HOLDOUT, HOLDOUT2)
 ENHANCE = ("Generate an enhanced version of this prompt (reply with only the enhanced prompt - no conversation, "
            "explanations, lead-in, bullet points, placeholders, or surrounding quotes):\n\n")
 TOOLS = [{"type": "function", "function": {"name": n, "description": f"Roo's {n} tool", "strict": True,

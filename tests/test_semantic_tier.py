@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from r1proxy.cache.semantic import guards
 from r1proxy.cache.semantic.partition import Split, split
 from r1proxy.config import ROO_CURRENT_TIME, ConfigError, SemanticConfig, build_config
 from tests.roo import roo_body
-from tests.semantic_corpus import pairs
+from tests.semantic_corpus import ALL, pairs
 from tests.semantic_model import encoder
 
 
@@ -29,13 +30,14 @@ def test_the_corpus_is_big_enough_and_labelled_both_ways() -> None:
     assert {p.shape for p in ps} == {"task", "enhance"}
 
 
-def test_the_shipped_threshold_serves_no_near_miss_of_the_corpus() -> None:
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)
+def test_the_shipped_threshold_serves_no_near_miss_of_the_corpus(path: Any) -> None:
     enc = encoder()
     keys = KeyMaker([ROO_CURRENT_TIME])
     threshold = SemanticConfig().threshold
     vectors: dict[str, object] = {}
     wrong, served, paraphrases = [], 0, 0
-    for p in pairs():
+    for p in pairs(path):
         a, b = split(keys, "openrouter", p.source()), split(keys, "openrouter", p.new())
         assert isinstance(a, Split) and isinstance(b, Split) and a.partition == b.partition, p
         for t in (a.text, b.text):
@@ -48,7 +50,7 @@ def test_the_shipped_threshold_serves_no_near_miss_of_the_corpus() -> None:
         served += ok and p.hit
         paraphrases += p.hit
     assert wrong == []
-    assert served / paraphrases > 0.75  # docs/BENCHMARKS.md: 0.84 measured
+    assert served / paraphrases > 0.7  # docs/BENCHMARKS.md: 0.78-0.84 measured
 
 
 async def test_probe_find_remember() -> None:

@@ -137,6 +137,7 @@ for _set, _values in CONTRASTS.items():
                 _PHRASES[_w] = (_set, _value)
             else:
                 _SINGLE.setdefault(_w, []).append((_set, _value))
+_NEG_PHRASE_RE = re.compile(r"\b(" + "|".join(re.escape(p) for p in NEGATIONS if " " in p) + r")\b")
 _PHRASE_RE = re.compile(r"\b(" + "|".join(re.escape(p) for p in sorted(_PHRASES, key=len, reverse=True)) + r")\b")
 
 
@@ -151,8 +152,8 @@ def _prose(text: str) -> str:
 
 
 @lru_cache(maxsize=4096)
-def polarity_features(text: str) -> tuple[int, frozenset[tuple[str, str]], frozenset[str]]:
-    """(negation count, {(contrast set, value)}, the words) of ``text``, lower-cased."""
+def polarity_features(text: str) -> tuple[tuple[str, ...], frozenset[tuple[str, str]], frozenset[str]]:
+    """(negation classes, one per occurrence, sorted; {(contrast set, value)}; the words) of ``text``, lower-cased."""
     low = _prose(text).lower().replace("’", "'")
     low = re.sub(r"(?<=[a-z])-(?=[a-z])", " ", low)  # "read-only" = "read only"
     feats: set[tuple[str, str]] = set()
@@ -160,13 +161,15 @@ def polarity_features(text: str) -> tuple[int, frozenset[tuple[str, str]], froze
         feats.add(_PHRASES[m.group(1)])
     low_rest = _PHRASE_RE.sub(" ", low)
     words = _WORDS.findall(low_rest)
-    negations = 0
+    negations = [NEGATIONS[p] for p in _NEG_PHRASE_RE.findall(low)]
     for w in words:
-        if w in NEGATIONS or w.endswith("n't"):
-            negations += 1
+        if w in NEGATIONS:
+            negations.append(NEGATIONS[w])
+        elif w.endswith("n't"):
+            negations.append("not")
         for f in _SINGLE.get(w, ()):
             feats.add(f)
-    return negations, frozenset(feats), frozenset(_WORDS.findall(low))
+    return tuple(sorted(negations)), frozenset(feats), frozenset(_WORDS.findall(low))
 
 
 def _prefix_antonym(a: frozenset[str], b: frozenset[str]) -> str:
@@ -211,7 +214,7 @@ def rule_polarity(new: str, source: str) -> str:
     na, fa, wa = polarity_features(new)
     nb, fb, wb = polarity_features(source)
     if na != nb:
-        return f"negations {na} vs {nb}"
+        return f"negations {', '.join(na) or '-'} vs {', '.join(nb) or '-'}"
     diff = sorted(f"{s}{v}" for s, v in _contrast_diff(fa, fb))
     if diff:
         return "contrast " + ", ".join(diff[:6])

@@ -22,6 +22,12 @@ CONTRASTS: dict[str, dict[str, tuple[str, ...]]] = {
         "-": ("remove", "removes", "removed", "removing", "delete", "deletes", "deleted", "deleting", "drop",
               "drops", "strip", "strips", "eliminate", "erase", "get rid of", "take out", "rip out", "omit"),
     },
+    "crud": {"+": ("create", "creates", "created", "creating", "creation"),
+             "update": ("update", "updates", "updated", "updating", "modify", "modifies", "modified", "edit",
+                        "edits", "edited", "editing")},
+    "load": {"+": ("eager", "eagerly", "preload", "prefetch"), "-": ("lazy", "lazily", "lazy-load", "defer")},
+    "parallel": {"+": ("parallel", "concurrently", "concurrent", "in parallel"),
+                 "-": ("sequential", "sequentially", "serially", "one by one", "one at a time")},
     "include": {"+": ("include", "includes", "including", "inclusive"),
                 "-": ("exclude", "excludes", "excluding", "exclusive")},
     "amount": {
@@ -126,16 +132,25 @@ CONTRASTS: dict[str, dict[str, tuple[str, ...]]] = {
 # leave that verb out ("Paginate X" = "Add pagination to X"), so "+" on one side only is no flip.
 # Every other difference is: "-" on one side only ("disable X" vs "X"), or different values.
 VERB_SETS = frozenset({"enable", "add", "amount", "show", "open", "run", "allow", "io", "install", "connect",
-                       "version", "code", "pack", "crypt", "lock", "include"})
+                       "version", "code", "pack", "crypt", "lock", "include", "crud"})
 
-# counted, not valued: the number of these must match on both sides
-NEGATIONS = frozenset({
-    "not", "no", "never", "without", "none", "nothing", "nobody", "neither", "nor", "cannot", "can't", "don't",
-    "doesn't", "didn't", "isn't", "aren't", "wasn't", "weren't", "won't", "wouldn't", "shouldn't", "mustn't",
-    "couldn't", "haven't", "hasn't", "avoid", "avoids", "prevent", "prevents", "skip", "skips", "skipping",
-    "ignore", "ignores", "ignoring", "except", "unless", "stop", "nowhere", "lack", "lacks", "missing",
-    "non", "only", "nonzero",
-})
+# Words that negate, restrict or replace, by class: each class must occur as often on both sides
+# ("only admins" is not "everyone except admins", though both hold one such word).
+_NEGATION_CLASSES = {
+    "not": ("not", "no", "never", "none", "nothing", "nobody", "neither", "nor", "cannot", "nowhere", "non",
+            "nonzero", "lack", "lacks", "missing"),
+    "without": ("without",),
+    "avoid": ("avoid", "avoids", "prevent", "prevents", "skip", "skips", "skipping", "ignore", "ignores", "ignoring",
+              "stop", "disallowing"),
+    "except": ("except", "unless", "but not", "other than", "apart from"),
+    "only": ("only", "solely", "exclusively", "just the"),
+    "instead": ("instead", "rather"),
+    "own": ("own",),
+    "unique": ("unique", "distinct", "duplicate", "duplicates"),
+    "also": ("also", "as well", "too", "additionally", "both"),
+    "either": ("either", "or"),
+}
+NEGATIONS: dict[str, str] = {w: c for c, ws in _NEGATION_CLASSES.items() for w in ws}
 
 # prefixes that negate a word ("used" / "unused", "empty" / "non-empty")
 NEGATING_PREFIXES = ("un", "non-", "non", "in", "im", "il", "ir", "dis", "de", "anti-", "anti")
