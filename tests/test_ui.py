@@ -232,3 +232,23 @@ def test_own_assets_stay_small_and_uplot_ships_with_its_licence() -> None:
     assert own_gzip_bytes() <= 40 * 1024
     assert {"ui.js", "ui.css", "favicon.svg", "uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE"} <= set(ASSETS)
     assert b"MIT License" in ASSETS["uPlot.LICENSE"].body
+
+
+async def test_purge_by_model_leaves_other_models_cached(proxy: Any) -> None:
+    client = await proxy(keys=KEYS)
+    await chat(client, "same question")
+    await chat(client, "same question", model="deepseek-r1-free")
+    await settled(client)
+    page = await (await client.get("/ui/cache")).text()
+    assert 'value="deepseek/deepseek-r1"' in page and 'value="deepseek/deepseek-r1:free"' in page
+    r = await client.post("/ui/cache/purge", data={"what": "model", "model": "deepseek/deepseek-r1",
+                                                   "csrf": csrf_of(page)}, allow_redirects=False)
+    assert r.headers["Location"] == "/ui/cache?purged=1"
+    assert (await chat(client, "same question")).headers["X-Cache"] == "MISS"
+    assert (await chat(client, "same question", model="deepseek-r1-free")).headers["X-Cache"] == "HIT"
+
+
+async def test_cache_page_with_the_cache_off(proxy: Any) -> None:
+    client = await proxy(cache={"enabled": False})
+    r = await client.get("/ui/cache")
+    assert r.status == 200 and "cache is disabled" in await r.text()

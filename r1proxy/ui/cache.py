@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from r1proxy.appkeys import STORE_KEY
-from r1proxy.cache import CacheEntry, TieredCache
+from r1proxy.cache import CacheEntry, NullCache, TieredCache
 from r1proxy.config import parse_duration
 from r1proxy.ui import html
 from r1proxy.ui.state import csrf, respond, see_other, ui_state
@@ -40,7 +40,7 @@ def _row(e: dict[str, Any], token: str) -> str:
 
 async def cache_page(request: web.Request) -> web.Response:
     cache = request.app[STORE_KEY].cache
-    if cache is None:
+    if isinstance(cache, NullCache):
         return respond(request, "Cache", "cache", "<p>The cache is disabled (<code>cache.enabled = false</code>).</p>")
     data = ui_state(request).data
     model = request.query.get("model", "")
@@ -72,37 +72,45 @@ async def cache_page(request: web.Request) -> web.Response:
     return respond(request, "Cache", "cache", body)
 
 
-async def _purge(cache: TieredCache, model: str | None, older_than_s: float | None) -> int:
-    """Purge matching entries from every tier that can; returns the largest count any tier reported."""
+async def _purge(request: web.Request, cache: TieredCache, model: str | None, older_than_s: float | None) -> int:
+    """Purge matching entries from every tier; returns the largest count any tier reported.
+
+    Memory and SQLite purge by filter; a tier that can only delete by key (Redis) gets the keys the
+    disk tier holds for that filter (entries only another process stored there are not seen)."""
     cutoff = time.time() - older_than_s if older_than_s is not None else None
 
     def match(e: CacheEntry) -> bool:
         return (model is None or e.model == model) and (cutoff is None or e.created_at < cutoff)
 
+    data = ui_state(request).data
+    keys = await data.call(data.cache_keys, model, cutoff)
     n = cache.memory.drop_where(match) if cache.memory is not None else 0
     for tier in cache.tiers:
         purge = getattr(tier, "purge", None)
         if purge is not None:
             n = max(n, await purge(model=model, older_than_s=older_than_s))
-    return n
+        else:
+            for key in keys:
+                await tier.delete(key)
+    return max(n, len(keys))
 
 
 async def purge_action(request: web.Request) -> web.StreamResponse:
     cache = request.app[STORE_KEY].cache
-    if cache is None:
+    if isinstance(cache, NullCache):
         return see_other("/ui/cache")
     form = await request.post()
     what = str(form.get("what", ""))
     if what == "one" and form.get("key"):
         n = int(await cache.delete(str(form["key"])))
     elif what == "model" and "model" in form:
-        n = await _purge(cache, str(form["model"]), None)
+        n = await _purge(request, cache, str(form["model"]), None)
     elif what == "age":
         try:
             age = parse_duration(str(form.get("older_than", "")))
         except ValueError as e:
             return see_other("/ui/cache", error=f"older than: {e}")
-        n = await _purge(cache, None, age)
+        n = await _purge(request, cache, None, age)
     else:
         return see_other("/ui/cache", error="unknown purge request")
     return see_other("/ui/cache", purged=str(n))

@@ -266,6 +266,19 @@ class UiData:
         return [(m or "", n) for m, n in self._all("SELECT model, COUNT(*) FROM cache_entries GROUP BY model "
                                                    "ORDER BY model")]
 
+    def cache_keys(self, model: str | None, created_before: float | None) -> list[str]:
+        """Keys on disk matching a purge by model and/or age (for tiers that can only delete by key)."""
+        conds: list[str] = []
+        params: list[Any] = []
+        if model is not None:
+            conds.append("model = ?")
+            params.append(model)
+        if created_before is not None:
+            conds.append("created_at < ?")
+            params.append(created_before)
+        where = f"WHERE {' AND '.join(conds)}" if conds else ""
+        return [r[0] for r in self._all(f"SELECT key FROM cache_entries {where}", params)]
+
     def has_entry(self, key: str) -> bool:
         return bool(self._all("SELECT 1 FROM cache_entries WHERE key = ?", (key,)))
 

@@ -22,7 +22,7 @@ def live(request: web.Request) -> dict[str, Any]:
     """What the running process knows that the database does not: in flight, uptime, memory tier."""
     gw = request.app[GATEWAY_KEY]
     cache = request.app[STORE_KEY].cache
-    memory = cache.memory if cache is not None else None
+    memory = cache.memory
     return {"in_flight": gw.metrics.in_flight, "uptime_s": round(time.time() - gw.started_at, 1),
             "memory_entries": memory.entries if memory is not None else 0,
             "memory_bytes": memory.bytes if memory is not None else 0,

@@ -34,6 +34,11 @@
               ["total_p50", "#6b46c1", "total p50 ms"], ["total_p95", "#d6bcfa", "total p95 ms"]]
   };
   var charts = {};
+  // y-axis labels: dollars keep their small digits (a day of R1 calls is often cents)
+  var AXIS = {
+    money: function (v) { return "$" + (v === 0 ? "0" : String(+v.toPrecision(3))); },
+    latency: function (v) { return v + " ms"; }
+  };
 
   function lookup(obj, path) {
     return path.split(".").reduce(function (o, k) { return o == null ? undefined : o[k]; }, obj);
@@ -56,7 +61,7 @@
           if (x[3] && bars) { o.paths = bars; o.fill = x[1] + "99"; }
           return o;
         })),
-        axes: [{}, { size: 70 }]
+        axes: [{}, { size: 70, values: function (u, vals) { return vals.map(AXIS[el.dataset.kind] || String); } }]
       };
       chart = charts[el.id] = new window.uPlot(opts, data, el);
     }
