@@ -11,16 +11,10 @@ from r1proxy.appkeys import GATEWAY_KEY, STORE_KEY
 from r1proxy.rules import COALESCED, HIT, MISS, SERVED_FROM_CACHE, STALE, served_from_cache, sql_in
 from tests.conftest import LOCAL_KEY
 from tests.fake_upstream import Script
+from tests.helpers import post
 from tests.roo import roo_body
 
-AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
 COST = 0.000125
-
-
-async def post(client: Any, body: dict[str, Any]) -> Any:
-    r = await client.post("/chat/completions", json=body, headers=AUTH)
-    await r.read()
-    return r
 
 
 def test_one_definition_of_served_from_cache() -> None:

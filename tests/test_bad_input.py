@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from r1proxy.app import create_app
 from tests.conftest import LOCAL_KEY
 
-AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
 KEYS = [{"name": "roo", "key": LOCAL_KEY}]
 JSON = {"Content-Type": "application/json"}
 

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.fake_upstream import FakeOpenRouter, Script, unused_port
-from tests.test_cache_e2e import assemble, chunks_of, data_lines
+from tests.helpers import assemble, chunks_of, data_lines
 from tests.test_lifecycle import Proc, body, write_config
 
 

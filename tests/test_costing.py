@@ -5,28 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from r1proxy.appkeys import GATEWAY_KEY, STORE_KEY
-from tests.conftest import LOCAL_KEY
 from tests.fake_upstream import PRICES, Script
+from tests.helpers import AUTH, until
 from tests.roo import roo_body
 
-AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
 P = float(PRICES["deepseek/deepseek-r1"]["prompt"])
 C = float(PRICES["deepseek/deepseek-r1"]["completion"])
 READ = float(PRICES["deepseek/deepseek-r1"]["input_cache_read"])
-
-
-async def until(cond: Callable[[], bool], what: str) -> None:
-    for _ in range(500):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def started(proxy: Any, **sections: Any) -> Any:
@@ -188,7 +178,7 @@ async def test_a_leader_that_leaves_still_pays_for_the_answer_finished_for_the_c
         aiohttp_client: Any, make_config: Any, fake_server: Any, cancel: bool) -> None:
     """finish_on_disconnect reads the answer to the end (and the upstream bills it): the money is
     recorded on the request that started the call, even though its client left."""
-    from tests.test_cache_e2e import leave_after, settle, start
+    from tests.helpers import leave_after, settle, start
 
     client = await start(aiohttp_client, make_config, cancel)
     fake_server.script(Script(gap=0.02, chunk_chars=8))

@@ -19,8 +19,8 @@ from r1proxy.cli import main as cli_main
 from r1proxy.pacing import UpstreamPacer
 from tests.conftest import LOCAL_KEY, UPSTREAM_KEY, sdk
 from tests.fake_upstream import Script, unused_port
+from tests.helpers import AUTH, post, until
 
-AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
 OTHER_KEY = "another-local-key"
 R1 = "deepseek/deepseek-r1"
 R1_FREE = "deepseek/deepseek-r1:free"
@@ -43,12 +43,6 @@ def key(**limits: Any) -> list[dict[str, Any]]:
 
 def gateway(client: Any) -> Any:
     return client.server.app[GATEWAY_KEY]
-
-
-async def post(client: Any, b: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
-    r = await client.post("/chat/completions", json=b, headers=AUTH if headers is None else headers)
-    await r.read()
-    return r
 
 
 @pytest.fixture
@@ -133,8 +127,7 @@ async def test_model_allow_list(proxy: Any, fake_server: Any) -> None:
 async def test_key_max_parallel(proxy: Any, fake_server: Any) -> None:
     client = await proxy(keys=key(max_parallel=1))
     slow = asyncio.create_task(post(client, body("slow [[fake delay_first_byte=0.5]]")))
-    while not fake_server.calls:
-        await asyncio.sleep(0.01)
+    await until(lambda: fake_server.calls, "the slow request upstream")
     r = await client.post("/chat/completions", json=body("fast"), headers=AUTH)
     assert r.status == 429
     assert "parallel" in (await r.json())["error"]["message"]
@@ -195,8 +188,8 @@ async def test_daily_budget_survives_restart(aiohttp_client: Any, make_config: A
 
 async def test_x_api_key_header(proxy: Any, fake_server: Any) -> None:
     client = await proxy(keys=key(rpm=1), cache={"enabled": False})
-    assert (await post(client, body("a"), {"x-api-key": LOCAL_KEY})).status == 200
-    assert (await post(client, body("b"), {"x-api-key": "wrong"})).status == 401
+    assert (await post(client, body("a"), {"x-api-key": LOCAL_KEY}, auth={})).status == 200
+    assert (await post(client, body("b"), {"x-api-key": "wrong"}, auth={})).status == 401
     # the same key, however presented, shares its limits
     assert (await post(client, body("c"), AUTH)).status == 429
 
@@ -433,10 +426,8 @@ async def test_upstream_429_cools_down_and_queued_requests_wait(proxy: Any, fake
     client = await proxy(models=[{"name": "r1", "model": R1}], retry={"max_attempts": 2})
     fake_server.script(Script(status=429, retry_after="0.6"))
     first = asyncio.create_task(post(client, body("first", model="r1")))
-    while not fake_server.calls:
-        await asyncio.sleep(0.01)
+    await until(lambda: any(p["cooling_s"] for p in gateway(client).policy.state()), "the 429's cool-down")
     t429 = fake_server.calls[0].time
-    await asyncio.sleep(0.05)
     others = await asyncio.gather(*(post(client, body(f"other {i}", model="r1")) for i in range(3)))
     assert (await first).status == 200
     assert [r.status for r in others] == [200] * 3

@@ -17,11 +17,11 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import LOCAL_KEY, sdk
+from tests.conftest import sdk
 from tests.fake_upstream import NO_TOOLS_MESSAGE, Script
+from tests.helpers import AUTH
 from tests.roo import roo_body
 
-AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
 REASONING = "Okay, the user wants a flag. I should read cli.py first, then add an argparse option."
 ANSWER = "I'll add the --verbose flag to the parser in cli.py."
 NO_CACHE = {"enabled": False}

@@ -13,8 +13,8 @@ from r1proxy.app import create_app
 from r1proxy.appkeys import GATEWAY_KEY
 from r1proxy.config import ConfigError, RedisConfig, build_config
 from r1proxy.ops import format_stats
+from tests.helpers import answer, settle, upstream_calls
 from tests.roo import roo_body
-from tests.test_cache_e2e import answer, settle, upstream_calls
 from tests.test_redis_tier import HungServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ import pytest
 from r1proxy.app import create_app
 from r1proxy.appkeys import GATEWAY_KEY, STORE_KEY
 from r1proxy.cli import main
+from tests.helpers import answer, settle, upstream_calls
 from tests.roo import roo_body
-from tests.test_cache_e2e import answer, settle, upstream_calls
 
 
 async def _pair(aiohttp_client: Any, make_config: Any, tmp_path: Path, redis: dict[str, Any]) -> tuple[Any, Any]:

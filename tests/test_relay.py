@@ -12,9 +12,8 @@ from r1proxy.appkeys import GATEWAY_KEY
 from r1proxy.logsetup import PlainFormatter
 from tests.conftest import LOCAL_KEY, UPSTREAM_KEY, sdk
 from tests.fake_upstream import Script
+from tests.helpers import AUTH
 from tests.roo import roo_body
-
-AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
 
 
 async def direct(fake_server: Any) -> tuple[str, str]:

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from r1proxy.appkeys import GATEWAY_KEY, STORE_KEY
+from tests.helpers import T0, answer, frozen_clock, settle, upstream_calls
 from tests.roo import roo_body
 from tests.semantic_corpus import ENHANCE
 from tests.semantic_model import encoder
-from tests.test_cache_e2e import T0, answer, frozen_clock, settle, upstream_calls
 from tests.test_cli import run
 
 SEMANTIC = {"cache": {"semantic": {"enabled": True}}}

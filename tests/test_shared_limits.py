@@ -9,8 +9,8 @@ from typing import Any
 from r1proxy.app import create_app
 from r1proxy.appkeys import GATEWAY_KEY
 from tests.conftest import LOCAL_KEY
+from tests.helpers import AUTH, upstream_calls
 from tests.roo import roo_body
-from tests.test_cache_e2e import AUTH, upstream_calls
 
 
 async def _pair(aiohttp_client: Any, make_config: Any, tmp_path: Path, redis_server: Any, redis_prefix: str,

@@ -10,9 +10,9 @@ import pytest
 
 from tests.conftest import LOCAL_KEY
 from tests.fake_upstream import Script
+from tests.helpers import AUTH, chat, until
 from tests.roo import roo_body
 
-AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
 NO_CACHE = {"enabled": False}
 
 
@@ -39,10 +39,6 @@ async def test_think_block_in_assistant_history_is_stripped(proxy: Any, fake_ser
     else:
         assert "secret plan" in sent[0]["content"]
     assert sent[2]["content"] == "A3 mentions <think>tags</think> in passing"
-
-
-def chat(text: str = "hi", stream: bool = False, model: str = "deepseek-r1") -> dict[str, Any]:
-    return {"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]}
 
 
 def last_event(text: str) -> dict[str, Any]:
@@ -196,7 +192,6 @@ async def test_invalid_utf8_from_upstream_is_relayed_alike_and_not_cached(proxy:
 # -- a client that left ----------------------------------------------------------------------
 
 async def test_finish_on_disconnect_is_capped(proxy: Any, fake_server: Any) -> None:
-    import asyncio
 
     from r1proxy.appkeys import GATEWAY_KEY
 
@@ -206,8 +201,5 @@ async def test_finish_on_disconnect_is_capped(proxy: Any, fake_server: Any) -> N
     await r.content.readline()
     r.close()  # the client leaves
     gw = client.app[GATEWAY_KEY]
-    for _ in range(100):
-        if not gw.flights and fake_server.fake.in_flight == 0:
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: not gw.flights and fake_server.fake.in_flight == 0, "the flight stopped", timeout=5)
     assert not gw.flights  # stopped long before the answer would have ended
