@@ -103,3 +103,22 @@ def test_off_by_default_imports_nothing_of_the_tier() -> None:
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == ""
+
+
+async def test_the_model_loads_and_runs_off_the_event_loop() -> None:
+    import threading
+
+    from r1proxy.cache.semantic.encoder import Encoder, load_encoder
+    from r1proxy.cache.semantic.store import VectorStore
+    from r1proxy.cache.semantic.tier import SemanticTier
+    encoder()
+    seen: list[str] = []
+
+    def load(model_dir: str) -> Encoder:  # the real loader, noting which thread asked for it
+        seen.append(threading.current_thread().name)
+        return load_encoder(model_dir)
+
+    tier = SemanticTier(KeyMaker([ROO_CURRENT_TIME]), VectorStore(None), encoder=load)
+    probe = await tier.probe("openrouter", roo_body("Add a --verbose flag to cli.py"))
+    assert probe.usable
+    assert seen and threading.main_thread().name not in seen
