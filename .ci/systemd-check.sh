@@ -211,6 +211,9 @@ owner=$(c stat -c %U /var/lib/private/r1proxy/r1proxy.db)
 ok "the database in the StateDirectory, readable with sqlite3 ($n entries, owned by dynamic user $owner)"
 case $(journal -u r1proxy) in *"${KEY#sk-or-v1-}"*) die "the upstream key is in the journal" ;; esac
 ok "no upstream key in the journal"
+exposure=$(c systemd-analyze security r1proxy --no-pager | sed -n 's/.*Overall exposure level for r1proxy.service: \([0-9.]*\).*/\1/p')
+awk -v e="$exposure" 'BEGIN {exit !(e != "" && e <= 2.0)}' || die "exposure ${exposure:-?} above 2.0"
+ok "sandboxed as it runs: systemd-analyze security rates the loaded unit $exposure"
 
 pid=$(prop r1proxy MainPID)
 slow_stream 4000 'reload while streaming' "$WORK/reload.out"
