@@ -174,6 +174,9 @@ async def test_overview_counts_match_the_request_log(proxy: Any) -> None:
     assert t["cost_saved"] > 0 and t["cost"] > 0
     assert sum(d["hourly"]["requests"]) == 4 and len(d["hourly"]["t"]) == 48
     assert sum(d["daily"]["hits"]) == 2 and len(d["daily"]["t"]) == 30
+    assert [(m["model"], m["requests"], m["hits"]) for m in d["models"]] == [("deepseek-r1", 4, 2)]
+    assert [(k["key"], k["requests"]) for k in d["keys"]] == [("roo", 4)]
+    assert d["keys"][0]["cost"] == pytest.approx(t["cost"])
     db = sqlite3.connect(client.app[STORE_KEY].db.path)
     prefix = db.execute("SELECT COALESCE(SUM(prefix_saved), 0) FROM requests").fetchone()[0]
     assert t["prefix_saved"] == pytest.approx(prefix)
@@ -252,3 +255,17 @@ async def test_cache_page_with_the_cache_off(proxy: Any) -> None:
     client = await proxy(cache={"enabled": False})
     r = await client.get("/ui/cache")
     assert r.status == 200 and "cache is disabled" in await r.text()
+
+
+async def test_why_did_this_miss_names_the_first_difference(proxy: Any) -> None:
+    client = await proxy(keys=KEYS)
+    await chat(client, "Add a --verbose flag to cli.py")
+    await chat(client, "Add a --quiet flag to cli.py")
+    await settled(client)
+    rows = await (await client.get("/ui/requests")).text()
+    newest = re.search(r'data-id="(\d+)"', rows)
+    assert newest
+    page = await (await client.get(f"/ui/requests/{newest.group(1)}")).text()
+    assert f'href="/ui/requests/{newest.group(1)}/why"' in page
+    why = await (await client.get(f"/ui/requests/{newest.group(1)}/why")).text()
+    assert "first difference" in why and "--verbose" in why and "--quiet" in why

@@ -20,7 +20,7 @@ from r1proxy.ui.access import SESSION_COOKIE, SESSION_S, Access, finish, guarded
 from r1proxy.ui.assets import static
 from r1proxy.ui.cache import cache_page, purge_action
 from r1proxy.ui.overview import api_overview, overview_page
-from r1proxy.ui.requests import request_detail, requests_page
+from r1proxy.ui.requests import request_detail, request_why, requests_page
 from r1proxy.ui.state import UiState, see_other
 from r1proxy.ui.upstreams import api_latency, upstreams_page
 
@@ -88,6 +88,7 @@ def setup_ui(app: web.Application) -> None:
     r.add_post("/ui/logout", guard(logout))
     for path, handler in (("/ui", overview_page), ("/ui/", overview_page), ("/ui/api/overview", api_overview),
                           ("/ui/requests", requests_page), ("/ui/requests/{id:\\d{1,18}}", request_detail),
+                          ("/ui/requests/{id:\\d{1,18}}/why", request_why),
                           ("/ui/cache", cache_page), ("/ui/upstreams", upstreams_page),
                           ("/ui/api/latency", api_latency)):
         r.add_get(path, guard(handler), allow_head=False)

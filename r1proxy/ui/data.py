@@ -15,6 +15,7 @@ import asyncio
 import json
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,13 @@ _SERIES_SUMS = f"""SUM(requests),
        SUM(CASE WHEN cache IN {SERVED_FROM_CACHE} THEN prompt_tokens + completion_tokens ELSE 0 END)"""
 _HOURLY_SERIES = f"SELECT hour, {_SERIES_SUMS} FROM requests_hourly WHERE hour >= ? GROUP BY hour ORDER BY hour"
 _DAILY_SERIES = f"SELECT day, {_SERIES_SUMS} FROM requests_daily WHERE day >= ? GROUP BY day ORDER BY day"
+_BY_MODEL = f"""
+SELECT alias, SUM(requests), SUM(CASE WHEN cache IN {SERVED_FROM_CACHE} THEN requests ELSE 0 END), SUM(cost),
+       SUM(cost_saved), SUM(prefix_saved)
+FROM requests_daily WHERE day >= ? GROUP BY alias ORDER BY SUM(cost) + SUM(cost_saved) DESC, alias LIMIT 20
+"""
+_BY_KEY = ("SELECT key_name, SUM(requests), SUM(tokens), SUM(usd) FROM key_usage WHERE day >= ? "
+           "GROUP BY key_name ORDER BY SUM(usd) DESC, key_name LIMIT 20")
 SERIES_FIELDS = ("requests", "hits", "misses", "errors", "cost", "saved", "prefix_saved", "tokens_spent",
                  "tokens_saved")
 
@@ -219,6 +227,10 @@ class UiData:
             "month": _block(self._all(_BY_OUTCOME, (month,))),
             "hourly": _series(self._all(_HOURLY_SERIES, (hour0,)), hour0, HOUR, HOURS_SHOWN),
             "daily": _series(self._all(_DAILY_SERIES, (month,)), month, DAY, DAYS_SHOWN),
+            "models": [dict(zip(("model", "requests", "hits", "cost", "cost_saved", "prefix_saved"), r, strict=True))
+                       for r in self._all(_BY_MODEL, (month,))],
+            "keys": [dict(zip(("key", "requests", "tokens", "cost"), r, strict=True))
+                     for r in self._all(_BY_KEY, (time.strftime("%Y-%m-%d", time.gmtime(month)),))],
         }
 
     # -- requests -----------------------------------------------------------------------------

@@ -66,6 +66,21 @@ def _outcomes(d: dict[str, Any]) -> str:
     return html.table(("How it was served", "today", "share", "30 days", "share"), rows, "outcomes")
 
 
+def _spend(d: dict[str, Any]) -> str:
+    models = [f'<tr><td>{html.esc(m["model"] or "—")}</td><td>{html.num(m["requests"])}</td>'
+              f'<td>{html.num(m["hits"])}</td><td>{html.usd(m["cost"])}</td><td>{html.usd(m["cost_saved"])}</td>'
+              f'<td>{html.usd(m["prefix_saved"])}</td></tr>' for m in d["models"]]
+    keys = [f'<tr><td>{html.esc(k["key"])}</td><td>{html.num(k["requests"])}</td><td>{html.num(k["tokens"])}</td>'
+            f'<td>{html.usd(k["cost"])}</td></tr>' for k in d["keys"]]
+    none = '<tr><td colspan="6" class="empty">nothing yet</td></tr>'
+    return ('<div class="cols"><section><h2>Per model, 30 days</h2>'
+            + html.table(("model", "requests", "from cache", "$ spent", "$ saved (local)", "$ saved (prefix)"),
+                         models or [none], "models")
+            + '</section><section><h2>Per key, 30 days</h2>'
+            + html.table(("key", "requests", "tokens spent", "$ spent"), keys or [none], "keys")
+            + "</section></div>")
+
+
 def _poll_ms(request: web.Request) -> int:
     try:
         return max(250, min(60000, int(request.query.get("poll_ms", POLL_MS))))
@@ -98,6 +113,6 @@ async def overview_page(request: web.Request) -> web.Response:
               ' data-kind="requests"></div>'
             + '<h2>Per day, last 30 days: $ spent vs saved</h2><div class="chart" id="chart-daily"'
               ' data-series="daily" data-kind="money"></div>'
-            + "<h2>Hit rate by tier</h2>" + _outcomes(d))
+            + "<h2>Hit rate by tier</h2>" + _outcomes(d) + _spend(d))
     return respond(request, "Overview", "overview", body, charts=True,
                    data={"api": "/ui/api/overview", "poll-ms": str(_poll_ms(request))})

@@ -15,7 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
-from r1proxy.appkeys import CONFIG_KEY
+from r1proxy.appkeys import CONFIG_KEY, STORE_KEY
+from r1proxy.explain import render
+from r1proxy.ops_explain import ExplainError, explain_logged
+from r1proxy.rules import BYPASS, MISS
 from r1proxy.ui import html
 from r1proxy.ui.data import CACHE_STATES, RequestFilter, outcome
 from r1proxy.ui.state import respond, ui_state
@@ -175,7 +178,22 @@ async def request_detail(request: web.Request) -> web.Response:
     body = (f'<p><a href="/ui/requests">← all requests</a></p><div class="cols"><section><h2>Request</h2>{summary}'
             f'</section><section><h2>Timing</h2>{timing}<h2>Usage and cost</h2>{usage}</section></div>'
             f"<h2>Prompt (last user message)</h2>{prompt}<h2>Answer</h2>{_answer(r['answer'], r['cache_key'])}")
-    if r["cache"] == "MISS":
-        body += ('<p class="note">Why did this miss? <code>r1proxy cache explain</code> (issue #14) is not '
-                 "available in this build yet.</p>")
+    if r["cache"] in (MISS, BYPASS) and r["request_id"]:
+        body += (f'<p><a href="/ui/requests/{rid}/why" class="why">Why did this miss?</a> (the nearest stored '
+                 "request and the first difference, as <code>r1proxy cache explain</code> finds them)</p>")
     return respond(request, f"Request #{rid}", "requests", body)
+
+
+async def request_why(request: web.Request) -> web.Response:
+    """"Why did this miss?": ``r1proxy cache explain --request-id`` for one logged request."""
+    rid = int(request.match_info["id"])
+    data = ui_state(request).data
+    r = await data.call(data.request, rid)
+    back = f'<p><a href="/ui/requests/{rid}">← request #{rid}</a></p>'
+    if r is None or not r["request_id"]:
+        return respond(request, "Why did this miss?", "requests", back + "<p>No such logged request.</p>", status=404)
+    try:
+        report = await explain_logged(request.app[CONFIG_KEY], request.app[STORE_KEY].db, str(r["request_id"]))
+    except ExplainError as e:
+        return respond(request, "Why did this miss?", "requests", back + f'<p class="note">{html.esc(e)}</p>')
+    return respond(request, "Why did this miss?", "requests", back + _pre(render(report), "explain"))
