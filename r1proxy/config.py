@@ -16,18 +16,20 @@ import hashlib
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from .confread import (
     ABOVE_KEY,
+    DERIVED_KEY,
     KNOWN_KEYS_KEY,
     MAX_KEY,
     MIN_KEY,
     PATTERN_KEY,
     PREPARE_KEY,
     REGEXES_KEY,
+    SECRET_KEY,
     TABLE_NAME_KEY,
     Reader,
     default_state_dir,
@@ -36,6 +38,8 @@ from .confread import (
     find_config,
     read_secret,
     read_toml,
+    secret,
+    shown,
 )
 from .confread import ConfigError as ConfigError  # re-exported: callers import it from here
 from .confread import parse_duration as parse_duration
@@ -56,11 +60,11 @@ class ServerConfig:
     log_requests: bool = True
     log_prompts: bool = False
     log_retention: float = duration(30 * 86400.0)
-    metrics_key: str = ""
+    metrics_key: str = secret()
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     hit_usage: Literal["real", "cache-read"] = "real"
-    admin_key: str = ""
+    admin_key: str = secret()
     workers: int = field(default=1, metadata={MIN_KEY: 1, MAX_KEY: 16})  # processes on the port (SO_REUSEPORT)
 
     @property
@@ -83,14 +87,16 @@ _SHA256 = r"[0-9a-f]{64}"
 @dataclass(frozen=True, slots=True)
 class KeyConfig:
     name: str
-    key_sha256: str = field(metadata={PATTERN_KEY: (_SHA256, "must be 64 hex digits (see `r1proxy keys new NAME`)")})
+    key_sha256: str = field(metadata={PATTERN_KEY: (_SHA256, "must be 64 hex digits (see `r1proxy keys new NAME`)"),
+                                      SECRET_KEY: lambda v: v[:8] + "…"})
     models: tuple[str, ...] = ()
     rpm: int = 0
     tpm: int = 0
     max_parallel: int = 0
     daily_tokens: int = 0
     daily_usd: float = 0.0
-    plain_key: str = derived("", repr=False, compare=False)  # `key = "…"` given in plain text
+    plain_key: str = field(default="", repr=False, compare=False,  # `key = "…"` given in plain text
+                           metadata={DERIVED_KEY: True, SECRET_KEY: lambda v: None})
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,16 +113,11 @@ class UpstreamConfig:
     total_timeout: float = duration(3600.0)
     kind: Literal["auto", "openrouter", "openai"] = "auto"  # "auto" is resolved by build_config
     session_ids: bool = True
-    api_key: str = derived("", repr=False)
+    api_key: str = secret(derived=True, missing="(missing)")
 
     @property
     def is_openrouter(self) -> bool:
         return self.kind == "openrouter"
-
-    def redacted(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
-        d["api_key"] = "(set)" if self.api_key else "(missing)"
-        return d
 
 
 # OpenRouter's provider routing object (guides/routing/provider-selection.mdx), passed through per alias
@@ -171,7 +172,7 @@ class RedisConfig:
     breaker_reset: float = duration(30.0)
     coalesce: bool = True
     lock_ttl: float = duration(10.0, at_least=1.0)  # a dead leader's lock expires after this
-    password: str = derived("", repr=False)
+    password: str = secret(derived=True, missing="(none)")
 
     @property
     def enabled(self) -> bool:
@@ -289,33 +290,11 @@ class Config:
     def secrets(self) -> list[str]:
         """Every configured secret, for the redaction registry (r1proxy.redact)."""
         out = [up.api_key for up in self.upstreams.values()] + [k.plain_key for k in self.keys]
-        return [s for s in [*out, self.server.metrics_key, self.cache.redis.password] if s]
+        return [s for s in [*out, self.server.metrics_key, self.server.admin_key, self.cache.redis.password] if s]
 
     def redacted(self) -> dict[str, Any]:
-        """The resolved config as plain data, secrets replaced, for ``check-config``."""
-
-        def plain(obj: Any) -> Any:
-            if isinstance(obj, UpstreamConfig):
-                return obj.redacted()
-            if isinstance(obj, KeyConfig):
-                d = {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
-                d["key_sha256"] = d["key_sha256"][:8] + "…"
-                d.pop("plain_key", None)
-                return d
-            if hasattr(obj, "__dataclass_fields__"):
-                return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
-            if isinstance(obj, Mapping):
-                return {k: plain(v) for k, v in obj.items()}
-            if isinstance(obj, tuple):
-                return [plain(v) for v in obj]
-            return obj
-
-        d: dict[str, Any] = plain(self)
-        d["cache"]["redis"]["password"] = "(set)" if self.cache.redis.password else "(none)"
-        if self.server.metrics_key:
-            d["server"]["metrics_key"] = "(set)"
-        if self.server.admin_key:
-            d["server"]["admin_key"] = "(set)"
+        """The resolved config as plain data, secrets replaced (fields declared with secret()), for ``check-config``."""
+        d: dict[str, Any] = shown(self)
         return d
 
 

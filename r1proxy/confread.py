@@ -27,6 +27,7 @@ KNOWN_KEYS_KEY = "known_keys"  # on a Mapping[str, Any]: the keys it may have
 REGEXES_KEY = "regexes"  # True: every string of a tuple[str, ...] must compile as a regex
 DERIVED_KEY = "derived"  # True: set by the loader, never a key in the file
 TABLE_NAME_KEY = "table_name"  # True: in Mapping[str, D], this field holds the table's name
+SECRET_KEY = "secret"  # (value) -> what check-config shows instead (None: leave the field out); see shown()
 PREPARE_KEY = "prepare"  # on a tuple[D, ...]: (reader, table, where) -> (table, derived values), before reading
 
 T = TypeVar("T")
@@ -64,6 +65,32 @@ def duration(default: float, *, at_least: float | None = None, above: float | No
 def derived(default: Any, **kw: Any) -> Any:
     """A field the loader fills in (a secret, the source path); the file cannot set it."""
     return dataclasses.field(default=default, metadata={DERIVED_KEY: True}, **kw)
+
+
+def secret(default: str = "", *, derived: bool = False, missing: str = "") -> Any:
+    """A secret str field: never in repr; ``shown()`` prints "(set)" (or ``missing`` when empty)."""
+    return dataclasses.field(default=default, repr=False, metadata={
+        SECRET_KEY: lambda v: "(set)" if v else missing, DERIVED_KEY: derived})
+
+
+def shown(obj: Any) -> Any:
+    """A config as plain data (dicts, lists, scalars) with every secret field replaced as its
+    metadata says: what ``check-config`` prints."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if SECRET_KEY in f.metadata:
+                v = f.metadata[SECRET_KEY](v)
+                if v is None:
+                    continue
+            out[f.name] = shown(v)
+        return out
+    if isinstance(obj, Mapping):
+        return {k: shown(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return [shown(v) for v in obj]
+    return obj
 
 
 CANDIDATES = (

@@ -242,11 +242,23 @@ def test_secret_sources_in_order(tmp_path: Path) -> None:
 
 
 def test_redacted_hides_secrets() -> None:
-    cfg = build_config({"server": {"metrics_key": "m-secret"}, **key()}, env=ENV)
-    text = repr(cfg.redacted())
-    assert "sk-test" not in text and "m-secret" not in text
-    assert hashlib.sha256(b"local-secret").hexdigest() not in text
-    assert cfg.redacted()["upstreams"]["openrouter"]["api_key"] == "(set)"
+    cfg = build_config({"server": {"metrics_key": "m-secret", "admin_key": "a-secret"}, **key()}, env=ENV)
+    for text in (repr(cfg.redacted()), repr(cfg)):
+        assert "sk-test" not in text and "m-secret" not in text and "a-secret" not in text, text
+        assert "local-secret" not in text
+    assert hashlib.sha256(b"local-secret").hexdigest() not in repr(cfg.redacted())
+    shown = cfg.redacted()
+    assert shown["upstreams"]["openrouter"]["api_key"] == "(set)" and shown["server"]["admin_key"] == "(set)"
+    assert shown["keys"][0]["key_sha256"] == hashlib.sha256(b"local-secret").hexdigest()[:8] + "…"
+    assert "plain_key" not in shown["keys"][0] and shown["cache"]["redis"]["password"] == "(none)"
+    assert build_config({}, env={}).redacted()["upstreams"]["openrouter"]["api_key"] == "(missing)"
+    assert build_config({}, env={}).redacted()["server"]["metrics_key"] == ""
+
+
+def test_every_secret_is_registered_for_redaction() -> None:
+    cfg = build_config({"server": {"metrics_key": "m-secret", "admin_key": "a-secret"}, **key()},
+                       env={**ENV, "REDIS_PASSWORD": "r-secret"})
+    assert sorted(cfg.secrets()) == sorted(["sk-test", "local-secret", "m-secret", "a-secret", "r-secret"])
 
 
 def test_models_replace_the_default_aliases() -> None:
