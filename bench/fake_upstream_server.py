@@ -22,7 +22,7 @@ import uvloop
 from aiohttp import web
 
 from bench.answers import r1_answer
-from tests.fake_upstream import FakeOpenRouter, Script, text_of
+from tests.fake_upstream import Call, FakeOpenRouter, Script, text_of
 
 
 class BenchUpstream(FakeOpenRouter):
@@ -36,7 +36,8 @@ class BenchUpstream(FakeOpenRouter):
         self.chat_count = 0
 
     def _record(self, request: web.Request, body: Any) -> None:
-        self.chat_count += 1  # keep no per-call history: a load run would grow it without bound
+        self.chat_count += 1  # keep only the last call: a load run would grow the history without bound
+        self.calls[:] = [Call(request.method, request.path, {}, None)]
 
     def _script_for(self, body: dict[str, Any]) -> Script:
         messages = [m for m in body.get("messages", []) if isinstance(m, dict)]

@@ -50,6 +50,7 @@ from bench.procs import BenchError, Server, Servers, free_port, rss_kib
 from bench.report import Report, Row, machine_info, med, pct, table, verdict, write_doc
 from bench.scale import scale_rows
 from bench.targets import Hit, start_fake, start_proxy, upstream_count, warm_hit
+from bench.workersbench import workers_rows
 from bench.wrk import ensure_wrk
 
 # -- main ----------------------------------------------------------------------------------
@@ -148,6 +149,13 @@ def measure_all(s: Settings, wrk: str, servers: Servers, report: Report) -> None
             hit_rows(report, t.key, t.label, mine, ceil, lambda p50, r: ("≤ 2×", r <= 2.0), None)
         else:
             hit_rows(report, t.key, t.label, mine, ceil, lambda p50, r: ("total ≤ 1.5 ms", p50 <= 1.5), None)
+
+    if s.workers and ceiling is not None and "memory" in hits:
+        section(f"server.workers = {s.workers}: memory hits at 32 connections, {s.rounds} rounds")
+        try:
+            workers_rows(wrk, s, servers, report, slow, ceiling, proxy_mem, body, files["json"])
+        except BenchError as e:
+            abort(report, f"memory hit, server.workers = {s.workers}", str(e))
 
     section(f"miss overhead: {s.miss_reps} reps × {s.miss_n} streaming misses per side, sequential")
     try:

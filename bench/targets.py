@@ -14,13 +14,14 @@ from bench.procs import BenchError, Server, Servers, free_port, request
 # -- the proxy -----------------------------------------------------------------------------
 
 def proxy_config(path: Path, port: int, state: Path, upstream_port: int, memory_mb: float,
-                 max_disk_mb: float = 2048) -> None:
+                 max_disk_mb: float = 2048, workers: int = 1) -> None:
     state.mkdir(parents=True, exist_ok=True)
     path.write_text(f"""# written by bench/targets.py
 [server]
 host = "127.0.0.1"
 port = {port}
 state_dir = "{state}"
+workers = {workers}
 
 [upstreams.openrouter]
 base_url = "http://127.0.0.1:{upstream_port}/api/v1"
@@ -33,11 +34,12 @@ max_disk_mb = {max_disk_mb}
 """)
 
 
-def start_proxy(servers: Servers, name: str, upstream_port: int, memory_mb: float) -> tuple[Server, Path]:
+def start_proxy(servers: Servers, name: str, upstream_port: int, memory_mb: float,
+                workers: int = 1) -> tuple[Server, Path]:
     port = free_port()
     state = servers.workdir / f"{name}-state"
     cfg = servers.workdir / f"{name}.toml"
-    proxy_config(cfg, port, state, upstream_port, memory_mb)
+    proxy_config(cfg, port, state, upstream_port, memory_mb, workers=workers)
     argv = [sys.executable, "-m", "r1proxy", "--config", str(cfg), "serve"]
     return servers.start(name, argv, port, "/health"), state
 
