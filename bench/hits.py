@@ -88,3 +88,31 @@ def hit_rows(report: Report, key: str, label: str, mine: HitSamples, ceil: HitSa
         f"- {label}: c1 p50 ms per round {', '.join(f'{x:.3f}' for x in p50)} (ceiling "
         f"{', '.join(f'{x:.3f}' for x in c_p50)}); c32 req/s {', '.join(f'{x:.0f}' for x in rps)} "
         f"(ceiling {', '.join(f'{x:.0f}' for x in c_rps)})")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_rows(wrk: str, s: Settings, report: Report, label: str, mine: Server, path: str, ceiling: Server,
+             ceiling_path: str, body_file: Path, target: float | None) -> None:
+    """CPU time per request (µs) of the server process under wrk -c32, A B A B against the ceiling."""
+    ours: list[float] = []
+    ref: list[float] = []
+    for _ in range(s.rounds):
+        for server, p, bucket in ((ceiling, ceiling_path, ref), (mine, path, ours)):
+            before = cpu_seconds(server.pid)
+            w = run_wrk(wrk, f"http://127.0.0.1:{server.port}{p}", body_file, 32, max(2.0, s.duration))
+            if w.requests:
+                bucket.append((cpu_seconds(server.pid) - before) / w.requests * 1e6)
+    ratio = [a / b for a, b in zip(ours, ref, strict=True) if b > 0]
+    row = Row(f"{label}, CPU µs per request (32 conn)", f"{med(ours):.0f}", f"{med(ref):.0f}", f"{med(ratio):.2f}×",
+              note="utime+stime of the server process (all threads) / requests, per round: "
+                   + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(ours, ref, strict=True)))
+    if target is not None:
+        row.target, row.verdict = f"≤ {target:g}×", verdict(med(ratio) <= target)
+    report.add(row)

@@ -149,6 +149,16 @@ Re-run it to refresh this file; see bench/README.md for what each row means.
 - Cache filling: {s.fill_n:,} distinct streaming misses (fake upstream with no delay and varied R1-like
   answers of realistic sizes, bench/answers.py) through a fresh r1proxy; its RSS afterwards and its
   `cache_entries` table give the memory and compression rows.
+- CPU per request: utime + stime of the server process (all threads, so the SQLite writer's batched
+  request-log and hit-count writes count too) over a `wrk -t2 -c32` run, divided by its requests;
+  ceiling and r1proxy A B A B, {s.rounds} rounds.
+- `--workers N`: r1proxy with `server.workers = N`, memory hits at 32 connections, against the
+  ceiling (one process) and the single-process r1proxy in the same rounds.
+- `--scale`: a state dir of 1,000,000 entries and 1,000,000 request-log rows built through the
+  store's own encoder and statements (bench/scale_build.py, realistic sizes); see bench/scale.py.
+- **Shared machine**: these figures were taken on a 2-core machine shared with other engineers'
+  builds and test runs; absolute numbers move by ±30 % or more between runs, so compare ratios
+  against the reference measured in the same round.
 
 ## Results
 
@@ -175,5 +185,26 @@ Re-run it to refresh this file; see bench/README.md for what each row means.
     analysis = Path(__file__).with_name("ANALYSIS.md")
     if analysis.exists():  # the profile-backed explanation of unmet targets, kept by hand
         text += "\n" + analysis.read_text()
+    kept = other_sections(DOC.read_text() if DOC.exists() else "")
+    if kept:
+        text = text.rstrip("\n") + "\n\n" + kept
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
+
+
+GENERATED = ("## Machine and versions", "## Method", "## Results", "## Why the unmet targets")
+
+
+def other_sections(doc: str) -> str:
+    """The ``## `` sections of the existing file this run does not write (other benchmarks' results,
+    e.g. ``python -m bench.fuzz``), in their order, so a re-run keeps them."""
+    out: list[str] = []
+    keep = False
+    for line in doc.splitlines(keepends=True):
+        if line.startswith("## "):
+            keep = not line.startswith(GENERATED)
+        elif line.startswith("# "):
+            keep = False
+        if keep:
+            out.append(line)
+    return "".join(out).strip("\n") + "\n" if out else ""

@@ -43,7 +43,7 @@ import aiohttp
 from bench.body import NONCE_PLACEHOLDER, large_body, roo_body
 from bench.common import ANSWER_CHARS, DOC, REASONING_CHARS, ROOT, UPSTREAM_DELAY, Settings
 from bench.compression import compression_rows
-from bench.hits import HitTarget, hit_rounds, hit_rows
+from bench.hits import HitTarget, cpu_rows, hit_rounds, hit_rows
 from bench.litellm import litellm_rows
 from bench.probes import fill_probe, large_probe, miss_probe, miss_rows, startup_probe, wait_db_settled
 from bench.procs import BenchError, Server, Servers, free_port, rss_kib
@@ -149,6 +149,10 @@ def measure_all(s: Settings, wrk: str, servers: Servers, report: Report) -> None
             hit_rows(report, t.key, t.label, mine, ceil, lambda p50, r: ("≤ 2×", r <= 2.0), None)
         else:
             hit_rows(report, t.key, t.label, mine, ceil, lambda p50, r: ("total ≤ 1.5 ms", p50 <= 1.5), None)
+
+    if ceiling is not None and "memory" in hits:
+        section("CPU per memory hit (request log on), 32 connections")
+        cpu_rows(wrk, s, report, "memory hit", proxy_mem, path, ceiling, "/json", files["json"], 1.5)
 
     if s.workers and ceiling is not None and "memory" in hits:
         section(f"server.workers = {s.workers}: memory hits at 32 connections, {s.rounds} rounds")
