@@ -198,10 +198,14 @@ cursor=$(c journalctl -u r1proxy -n0 --show-cursor | sed -n 's/^-- cursor: //p')
 c systemctl restart r1proxy
 [ "$(prop r1proxy ActiveState)" = active ] || die "not active after systemctl restart"
 c curl -sf http://127.0.0.1:4000/health >/dev/null || die "/health failed right after start returned"
-order=$(journal -u r1proxy --after-cursor="$cursor" | grep -n -e 'r1proxy listening on' -e '^Started ' | cut -d: -f1 | tr '\n' ' ')
-[ "$(prop r1proxy Type)" = notify ] && [ "$(echo "$order" | wc -w)" = 2 ] \
-  && [ "$(echo "$order" | awk '{print ($1 < $2)}')" = 1 ] || die "start was not gated on READY=1 ($order)"
-ok "active only after READY=1 (the listening line precedes systemd's Started); /health answers at once"
+# The app stamps "listening on" (bound; READY=1 follows) itself; systemd stamps the unit active.
+listening=$(journal -u r1proxy --after-cursor="$cursor" | grep 'r1proxy listening on' | tail -n1 | awk '{print $1}')
+active=$(c systemctl show --timestamp=us+utc -P ActiveEnterTimestamp r1proxy | cut -d' ' -f2-)
+listening_us=$(date -d "$listening" +%s%6N 2>/dev/null || echo)
+active_us=$(date -d "$active" +%s%6N 2>/dev/null || echo)
+[ "$(prop r1proxy Type)" = notify ] && [ -n "$listening_us" ] && [ -n "$active_us" ] \
+  && [ "$listening_us" -le "$active_us" ] || die "start was not gated on READY=1 (listening $listening, active $active)"
+ok "active only after READY=1 (listening at ${listening#*T}, active at ${active#* }); /health answers at once"
 
 [ "$(ask 4000 'check one')" = MISS ] && [ "$(ask 4000 'check one')" = HIT ] || die "MISS then HIT"
 ok "a request MISS then HIT, the key from LoadCredential= (the test double refuses any other)"
