@@ -35,6 +35,9 @@ from r1proxy.migrations import MIGRATIONS, applied, migrate
 
 OUTCOMES = (("HIT", "memory", 30), ("HIT", "sqlite", 10), ("COALESCED", "", 5), ("STALE", "", 2), ("MISS", "", 45),
             ("BYPASS", "", 3), ("NONE", "", 5))
+# Not part of the target; measured for the record (each reads the request log or cache_entries).
+OTHER_PAGES = ("/ui/requests", "/ui/requests?key=ci&cache=STALE", "/ui/requests?status=5xx", "/ui/cache",
+               "/ui/upstreams", "/ui/api/latency")
 ALIASES = ("deepseek-r1", "deepseek-r1-free", "deepseek-v3")
 KEYS = ("roo", "ci", "laptop")
 
@@ -114,7 +117,7 @@ async def measure(state: Path, rounds: int) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     try:
         async with aiohttp.ClientSession() as s:
-            paths = ("/health", "/ui/api/overview", "/ui")
+            paths = ("/health", "/ui/api/overview", "/ui", *OTHER_PAGES)
             for p in paths:  # warm-up: connections, the read-only connection, SQLite's page cache
                 for _ in range(10):
                     async with s.get(server.make_url(p)) as r:
@@ -168,7 +171,7 @@ def main() -> None:
     print("| what | server p50 | server p95 | round trip p50 | round trip p95 | round trip p50 / /health |")
     print("|---|---|---|---|---|---|")
     for p, label in (("/ui", "overview page `/ui` (HTML)"), ("/ui/api/overview", "overview feed `/ui/api/overview`"),
-                     ("/health", "reference: `/health`")):
+                     *((o, f"`{o}`") for o in OTHER_PAGES), ("/health", "reference: `/health`")):
         r = res[p]
         sp50 = f"{r['server_p50']:.2f} ms" if "server_p50" in r else "—"
         sp95 = f"{r['server_p95']:.2f} ms" if "server_p95" in r else "—"
