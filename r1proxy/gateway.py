@@ -281,7 +281,8 @@ class Gateway:
         if cc.only_if_cached:
             rec.cache = MISS if self.cache.enabled else NONE
             raise ProxyError(504, "Not in cache (Cache-Control: only-if-cached)" if self.cache.enabled
-                             else "Caching is off (Cache-Control: only-if-cached)", code="cache_miss")
+                             else "Caching is off (Cache-Control: only-if-cached)", code="cache_miss",
+                             headers={"x-should-retry": "false"})  # final: the SDK retries 504s otherwise
         if ident.body is None:  # a memoised identity: the flight needs the parsed body
             ident = self.identify(raw, partition)
         return await self._miss(request, rec, key, ident, cc, admit, probe)

@@ -63,8 +63,9 @@ def origin_allowed(request: web.Request, origin: str, cors_origins: tuple[str, .
     if origin in cors_origins or "*" in cors_origins:
         return True
     host = request.headers.get("Host")
-    # the proxy's own pages (same origin) send Origin on POST too
-    return host is not None and origin in (f"http://{host}", f"https://{host}")
+    # the proxy's own pages (same origin) send Origin on POST too; it is echoed back, so bounded
+    return (host is not None and len(origin) <= 300 and origin.isascii() and origin.isprintable()
+            and origin in (f"http://{host}", f"https://{host}"))
 
 
 def _is_json(content_type: str) -> bool:

@@ -185,3 +185,10 @@ def test_share_must_be_all_or_key(make_config: Any) -> None:
 
     with pytest.raises(ConfigError, match=r"cache\.share"):
         make_config(cache={"share": "everyone"})
+
+
+async def test_a_same_origin_echo_is_bounded(proxy: Any, fake_server: Any) -> None:
+    client = await proxy()
+    host = "localhost:" + "9" * 2000  # passes the Host check (localhost), but must not be echoed back
+    r = await client.get("/health", headers={"Host": host, "Origin": f"http://{host}"})
+    assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers

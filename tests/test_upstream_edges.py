@@ -203,3 +203,10 @@ async def test_finish_on_disconnect_is_capped(proxy: Any, fake_server: Any) -> N
     gw = client.app[GATEWAY_KEY]
     await until(lambda: not gw.flights and fake_server.fake.in_flight == 0, "the flight stopped", timeout=5)
     assert not gw.flights  # stopped long before the answer would have ended
+
+
+async def test_an_only_if_cached_miss_is_final(proxy: Any, fake_server: Any) -> None:
+    client = await proxy()
+    r = await client.post("/chat/completions", json=chat("never asked"), headers={**AUTH,
+                                                                                 "Cache-Control": "only-if-cached"})
+    assert r.status == 504 and r.headers["x-should-retry"] == "false"
