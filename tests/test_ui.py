@@ -269,3 +269,30 @@ async def test_why_did_this_miss_names_the_first_difference(proxy: Any) -> None:
     assert f'href="/ui/requests/{newest.group(1)}/why"' in page
     why = await (await client.get(f"/ui/requests/{newest.group(1)}/why")).text()
     assert "first difference" in why and "--verbose" in why and "--quiet" in why
+
+
+async def test_login_is_throttled_after_repeated_wrong_keys(proxy: Any) -> None:
+    from r1proxy.ui.access import LOGIN_FAILURES
+
+    client = await proxy(server={"admin_key": "s3cret-admin"})
+    token = csrf_of(await (await client.get("/ui/login")).text())
+    for _ in range(LOGIN_FAILURES):
+        r = await client.post("/ui/login", data={"admin_key": "guess", "csrf": token}, allow_redirects=False)
+        assert r.status == 401
+    r = await client.post("/ui/login", data={"admin_key": "s3cret-admin", "csrf": token}, allow_redirects=False)
+    assert r.status == 429 and int(r.headers["Retry-After"]) > 0  # even the right key waits out the window
+    assert (await client.get("/ui", headers={"Authorization": "Bearer s3cret-admin"})).status == 200
+
+
+def test_login_throttle_window_and_bounded_memory() -> None:
+    from r1proxy.ui.access import _TRACKED, LOGIN_FAILURES, LOGIN_WINDOW_S, Access
+
+    a = Access()
+    for i in range(LOGIN_FAILURES):
+        a.login_failed("10.0.0.1", now=100.0 + i)
+    assert a.login_blocked("10.0.0.1", now=110.0) == pytest.approx(LOGIN_WINDOW_S - 10)
+    assert a.login_blocked("10.0.0.2", now=110.0) == 0
+    assert a.login_blocked("10.0.0.1", now=100.0 + LOGIN_WINDOW_S + 0.5) == 0  # the first failure aged out
+    for i in range(_TRACKED + 5):
+        a.login_failed(f"h{i}", now=1.0)
+    assert len(a._failures) <= _TRACKED

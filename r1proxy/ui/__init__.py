@@ -52,12 +52,19 @@ async def login_form(request: web.Request) -> web.StreamResponse:
     if request.method == "GET":
         return finish(request, web.Response(text=html.login_page(access.csrf_token(nonce_of(request))),
                                             content_type="text/html"), started)
+    wait = access.login_blocked(request.remote or "")
+    if wait:
+        return finish(request, web.Response(status=429, headers={"Retry-After": str(int(wait) + 1)},
+                                            content_type="text/html", text=html.message(
+            "Too many attempts", f"Too many wrong admin keys from this address: try again in {int(wait) + 1} s.")),
+            started)
     form = await request.post()
     if not access.csrf_ok(request, form):
         return finish(request, web.Response(status=403, content_type="text/html", text=html.message(
             "Refused", "The form was stale or came from another site: reload the page and try again.")), started)
     given = str(form.get("admin_key", ""))
     if not hmac.compare_digest(given.encode(), cfg.server.admin_key.encode()):
+        access.login_failed(request.remote or "")
         return finish(request, web.Response(status=401, content_type="text/html", text=html.login_page(
             access.csrf_token(nonce_of(request)), "That is not the admin key.")), started)
     resp = see_other("/ui")

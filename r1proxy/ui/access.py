@@ -57,11 +57,34 @@ def local_host(host_header: str, server: ServerConfig) -> bool:
     return bool(host_header) and host_allowed(host_header, server.allowed_hosts)
 
 
+LOGIN_FAILURES = 10  # wrong admin keys per client address and LOGIN_WINDOW_S before the form answers 429
+LOGIN_WINDOW_S = 60.0
+_TRACKED = 1024
+
+
 class Access:
     """The dashboard's access decisions; one per application."""
 
     def __init__(self, secret: bytes | None = None) -> None:
         self._secret = secret or secrets.token_bytes(32)
+        self._failures: dict[str, list[float]] = {}
+
+    # -- login throttle ---------------------------------------------------------------------
+
+    def login_blocked(self, peer: str, now: float | None = None) -> float:
+        """Seconds until ``peer`` may try the login form again (0 when it may now)."""
+        now = time.monotonic() if now is None else now
+        recent = [t for t in self._failures.get(peer, ()) if now - t < LOGIN_WINDOW_S]
+        if recent:
+            self._failures[peer] = recent
+        else:
+            self._failures.pop(peer, None)
+        return LOGIN_WINDOW_S - (now - recent[0]) if len(recent) >= LOGIN_FAILURES else 0.0
+
+    def login_failed(self, peer: str, now: float | None = None) -> None:
+        if peer not in self._failures and len(self._failures) >= _TRACKED:
+            self._failures.pop(next(iter(self._failures)))  # the oldest tracked address
+        self._failures.setdefault(peer, []).append(time.monotonic() if now is None else now)
 
     # -- sessions (admin key) ---------------------------------------------------------------
 
