@@ -100,6 +100,8 @@ class Gateway:
     async def refresh_cache_stats(self) -> None:
         self.flush_accounting()
         self.metrics.set_cache_stats(await self.cache.stats())
+        self.metrics.set_free_quota({up: (q["used_today"], q["left_today"])
+                                     for up, q in self.costing.free_quota().items()})
         reports: dict[str, dict[str, object]] = dict(self.cache.reports())
         shared = getattr(self.flights.shared, "report", None)
         if shared is not None:

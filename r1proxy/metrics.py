@@ -99,6 +99,7 @@ class Metrics:
         self._usd_prefix_saved = 0.0
         self.in_flight = 0
         self._cache_rows: list[tuple[str, int, int]] = []
+        self._free: dict[str, tuple[int, int]] = {}  # upstream -> (free requests used today, left today)
         self._tier_reports: dict[str, dict[str, Any]] = {}
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
@@ -186,6 +187,10 @@ class Metrics:
 
     def dec_in_flight(self) -> None:
         self.in_flight -= 1
+
+    def set_free_quota(self, quota: dict[str, tuple[int, int]]) -> None:
+        """upstream -> (``:free`` requests used today, left today), pushed before a scrape."""
+        self._free = dict(quota)
 
     def set_cache_stats(self, rows: Iterable[CacheStatsRow]) -> None:
         """The cache tiers' figures, pushed before a scrape or snapshot (the /metrics and /stats
@@ -318,6 +323,16 @@ class _Collector(Collector):
         yield GaugeMetricFamily("r1proxy_in_flight_requests", "Requests being served now.", value=m.in_flight)
         yield GaugeMetricFamily("r1proxy_uptime_seconds", "Seconds since this app instance started.",
                                 value=m.uptime_s())
+        used = GaugeMetricFamily("r1proxy_free_requests_used_today", "Upstream calls to :free models this UTC day.",
+                                 labels=["upstream"])
+        left = GaugeMetricFamily("r1proxy_free_requests_left_today",
+                                 "Free-model requests left this UTC day (50, or 1000 with credits).",
+                                 labels=["upstream"])
+        for up, (n_used, n_left) in dict(m._free).items():
+            used.add_metric([up], n_used)
+            left.add_metric([up], n_left)
+        yield used
+        yield left
         entries = GaugeMetricFamily("r1proxy_cache_entries", "Entries per cache tier.", labels=["tier"])
         size = GaugeMetricFamily("r1proxy_cache_bytes", "Stored bytes per cache tier.", labels=["tier"])
         for tier, e, b in m.cache_stats():

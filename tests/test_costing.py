@@ -111,6 +111,9 @@ async def test_free_quota_counts_upstream_calls_only(proxy: Any, fake_server: An
     assert stats["free_quota"]["openrouter"]["used_today"] == 2
     assert stats["free_quota"]["openrouter"]["left_today"] == 48  # the fake's key is on the free tier
     assert stats["free_quota_text"] == "free requests left today: 48 (resets 00:00 UTC)"
+    text = await (await client.get("/metrics")).text()
+    assert 'r1proxy_free_requests_left_today{upstream="openrouter"} 48.0' in text
+    assert 'r1proxy_free_requests_used_today{upstream="openrouter"} 2.0' in text
 
 
 async def test_daily_limit_429_sets_the_quota_from_its_headers(proxy: Any, fake_server: Any) -> None:
