@@ -109,3 +109,20 @@ def test_m040_upgrades_a_database_made_before_it(tmp_path: Path) -> None:
     conn.execute("DELETE FROM cache_entries WHERE key = 'r1:old'")
     assert conn.execute("SELECT COUNT(*) FROM semantic_vectors").fetchone() == (0,)
     conn.close()
+
+
+async def test_appends_and_removals_keep_every_key_on_its_own_vector() -> None:
+    np = numpy()
+    from r1proxy.cache.semantic.store import VectorStore
+    store = VectorStore(None)
+    for i in range(40):  # grows its buffer several times
+        store.add("p", f"r1:{i}", f"text {i}", unit(np, i))
+    for i in range(0, 40, 3):
+        store.forget(f"r1:{i}")
+    store.add("p", "r1:5", "text 5 again", unit(np, 5))  # a re-put replaces in place
+    for i in range(40):
+        found = await store.search("p", unit(np, i), floor=0.99)
+        if i % 3 == 0:
+            assert found == []
+        else:
+            assert [(c.key, c.text) for c in found] == [(f"r1:{i}", "text 5 again" if i == 5 else f"text {i}")]

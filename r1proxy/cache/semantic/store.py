@@ -33,12 +33,34 @@ class Candidate:
 
 @dataclass(slots=True)
 class _Partition:
+    """Keys, texts and their vectors: row i of ``buf`` is ``keys[i]``; ``buf`` grows by doubling."""
+
+    buf: Any  # float32 (capacity, dim), rows unit length; rows past len(keys) are unused
     keys: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
-    matrix: Any = None  # float32 (n, dim), rows unit length
+
+    @property
+    def matrix(self) -> Any:
+        return self.buf[:len(self.keys)]
 
     def nbytes(self) -> int:
-        return (0 if self.matrix is None else int(self.matrix.nbytes)) + 100 * len(self.keys)
+        return int(self.buf.nbytes) + 100 * len(self.keys)
+
+    def append(self, np: Any, key: str, text: str, vec: Any) -> None:
+        n = len(self.keys)
+        if n == self.buf.shape[0]:
+            grown = np.empty((max(16, 2 * n), self.buf.shape[1]), dtype=np.float32)
+            grown[:n] = self.buf
+            self.buf = grown
+        self.buf[n] = vec
+        self.keys.append(key)
+        self.texts.append(text)
+
+    def remove(self, i: int) -> None:
+        last = len(self.keys) - 1  # the last row moves into the hole: order does not matter to a search
+        self.buf[i] = self.buf[last]
+        self.keys[i], self.texts[i] = self.keys[last], self.texts[last]
+        del self.keys[last], self.texts[last]
 
 
 class VectorStore:
@@ -72,16 +94,14 @@ class VectorStore:
         if part is None:
             if self.db is not None:
                 return  # loaded from the table (with this row) when first searched
-            part = self._parts[partition] = _Partition(matrix=np.zeros((0, self.dim), dtype=np.float32))
+            part = self._parts[partition] = _Partition(np.zeros((0, self.dim), dtype=np.float32))
         if key in part.keys:
             i = part.keys.index(key)
-            part.matrix[i] = vec
+            part.buf[i] = vec
             part.texts[i] = text
             return
         before = part.nbytes()
-        part.keys.append(key)
-        part.texts.append(text)
-        part.matrix = np.vstack([part.matrix, vec[None, :]])
+        part.append(np, key, text, vec)
         self._ram += part.nbytes() - before
         self._trim(keep=partition)
 
@@ -105,8 +125,7 @@ class VectorStore:
             if key in part.keys:
                 i = part.keys.index(key)
                 before = part.nbytes()
-                del part.keys[i], part.texts[i]
-                part.matrix = self.np.delete(part.matrix, i, axis=0)
+                part.remove(i)
                 self._ram += part.nbytes() - before
         self._queued.pop(key, None)
         if self.db is not None:
@@ -137,9 +156,9 @@ class VectorStore:
         if not rows:
             return None
         np = self.np
-        part = _Partition(keys=[r[0] for r in rows], texts=[r[1] for r in rows],
-                          matrix=np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4")
-                          .reshape(len(rows), self.dim).astype(np.float32))
+        part = _Partition(np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4")
+                          .reshape(len(rows), self.dim).astype(np.float32),
+                          keys=[r[0] for r in rows], texts=[r[1] for r in rows])
         if part.nbytes() <= self.max_ram_bytes:
             self._parts[name] = part
             self._ram += part.nbytes()
