@@ -57,6 +57,8 @@ class SSEParser:
         self._event: str | None = None
 
     def feed(self, chunk: bytes) -> list[Event]:
+        if not chunk:  # an empty read changes nothing (not even a pending CR's LF skip)
+            return []
         if self._skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._skip_lf = False

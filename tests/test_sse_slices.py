@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -70,24 +69,16 @@ def test_one_byte_at_a_time_parses_like_one_feed(raw: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(streams(), st.lists(st.integers(0, 400), max_size=8))
 def test_empty_reads_change_nothing(raw: bytes, at: list[int]) -> None:
-    """aiohttp never hands out an empty read, but a relay loop might: it must be a no-op.
-
-    Cuts right after a CR are left out here: that case is the known bug pinned below (remove
-    this filter with the xfail once it is fixed)."""
+    """aiohttp never hands out an empty read, but a relay loop might: it must be a no-op
+    (including between the CR and the LF of a CRLF)."""
     chunks, last = [], 0
     for cut in sorted(min(a, len(raw)) for a in at):
-        if raw[cut - 1:cut] == b"\r":
-            continue
         chunks += [raw[last:cut], b""]
         last = cut
     chunks.append(raw[last:])
     assert parse(chunks) == parse([raw])
 
 
-@pytest.mark.xfail(strict=True, reason="sse.py bug (hardening, #11): an empty read between the CR and LF of a "
-                                       "CRLF resets SSEParser._skip_lf, so the LF is taken as a blank line and "
-                                       "ends the event early ('a\\nb' becomes 'a' and 'b'). Fix: feed(b'') "
-                                       "returns [] before touching _skip_lf")
 def test_an_empty_read_inside_a_crlf_is_a_no_op() -> None:
     raw = b"data: a\r\ndata: b\r\n\r\n"
     assert parse([raw]) == [("a\nb", None, None)]
