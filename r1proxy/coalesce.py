@@ -4,9 +4,13 @@ A flight about to call upstream first tries to lead globally: ``SET <prefix>lock
 <lock_ttl>`` (with the old stream of that key deleted in the same Lua step). The leader publishes its
 flight to a Redis Stream ``<prefix>fl:{key}``: a start record (headers, route), one record per frame,
 then a terminal record (the assembled answer, or the error), after which the stream expires in a
-minute and the lock is released (compare-and-delete). The lock's TTL is refreshed while the flight
-runs. Any other process follows: ``XREAD BLOCK`` from ``0`` (frames already sent are replayed, then
-live ones), filling its own local ``Flight``, so its clients are served exactly as local joiners are.
+minute and the lock is released (compare-and-delete). Publishing is lazy: a process that loses the
+claim marks ``<prefix>want:{key}`` in the same Lua step, and the leader (which looks for the mark
+every 100 ms, and once more atomically with letting go of the lock) publishes only when someone
+follows: the common case, nobody else asking the same thing, costs a claim, those looks and no
+stream. The lock's TTL is refreshed while the flight runs. A follower reads ``XREAD BLOCK`` from
+``0`` (frames already sent are replayed, then live ones) into its own local ``Flight``, so its
+clients are served exactly as local joiners are.
 
 A leader that dies leaves a lock that expires: a follower that has sent nothing yet then tries to
 lead itself; one that has sent frames ends its clients' streams with an error (two upstream streams
@@ -31,17 +35,26 @@ from .flight import Flight
 
 log = logging.getLogger("r1proxy.redis")
 
+# KEYS: lock, stream, want. Lead (and start from an empty stream), or say that someone follows.
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
   return 1
 end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 return 0
+"""
+# KEYS: lock, want. A leader nobody followed lets go, unless a follower arrived: then it must publish.
+_LET_GO = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
 """
 _REFRESH = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 STREAM_TTL_S = 60
 BLOCK_S = 1.0
+WANT_POLL_S = 0.1  # how often a leader nobody follows yet looks for a follower
 
 
 @dataclass(slots=True)
@@ -73,6 +86,7 @@ class Coalescer:
         self._claim = client.register_script(_CLAIM)
         self._refresh = client.register_script(_REFRESH)
         self._release = client.register_script(_RELEASE)
+        self._let_go = client.register_script(_LET_GO)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def lock_key(self, key: str) -> str:
@@ -81,6 +95,9 @@ class Coalescer:
     def stream_key(self, key: str) -> str:
         return f"{self.cfg.prefix}fl:{{{key}}}"
 
+    def want_key(self, key: str) -> str:
+        return f"{self.cfg.prefix}want:{{{key}}}"
+
     async def follow(self, flight: Flight) -> bool:
         for _ in range(3):  # lead, or follow; a leader that died before sending anything lets us try again
             token = secrets.token_hex(8)
@@ -88,8 +105,8 @@ class Coalescer:
                 if not self.breaker.allow():
                     raise ConnectionError("breaker open")
                 async with asyncio.timeout(self.cfg.timeout):
-                    led = await self._claim(keys=[self.lock_key(flight.key), self.stream_key(flight.key)],
-                                            args=[token, self.lock_ms])
+                    led = await self._claim(keys=[self.lock_key(flight.key), self.stream_key(flight.key),
+                                                  self.want_key(flight.key)], args=[token, self.lock_ms])
                 self.breaker.success()
             except Exception as e:
                 return self._alone(e)
@@ -132,6 +149,9 @@ class Coalescer:
         size = 0
         refreshed = time.monotonic()
         try:
+            refreshed = await self._until_followed(flight, token, refreshed)
+            if refreshed < 0:
+                return  # nobody followed: the lock is released, nothing was published
             while True:
                 finished = flight.finished  # before reading items: nothing is appended after finished
                 pipe = self.client.pipeline(transaction=False)
@@ -170,6 +190,34 @@ class Coalescer:
         except Exception as e:  # followers see the lock expire and fend for themselves
             self.breaker.failure(e)
             log.debug("coalescing: publishing %s stopped: %s", flight.key, e)
+
+    async def _until_followed(self, flight: Flight, token: str, refreshed: float) -> float:
+        """Keep the lock until another process follows (returns when the last refresh was) or the flight
+        ends with nobody following (releases the lock; returns -1)."""
+        lkey, wkey = self.lock_key(flight.key), self.want_key(flight.key)
+        budget = max(1.0, 10 * self.cfg.timeout)
+        while True:
+            if flight.finished:
+                async with asyncio.timeout(budget):
+                    done = await self._let_go(keys=[lkey, wkey], args=[token])
+                self.breaker.success()
+                return -1.0 if done else refreshed
+            pipe = self.client.pipeline(transaction=False)
+            pipe.exists(wkey)
+            if time.monotonic() - refreshed > self.cfg.lock_ttl / 3:
+                await self._refresh(keys=[lkey], args=[token, self.lock_ms], client=pipe)
+                refreshed = time.monotonic()
+            polled = time.monotonic()
+            async with asyncio.timeout(budget):
+                wanted = (await pipe.execute())[0]
+            self.breaker.success()
+            if wanted:
+                return refreshed
+            while not flight.finished:  # frames wake us often: look again only every WANT_POLL_S
+                left = WANT_POLL_S - (time.monotonic() - polled)
+                if left <= 0:
+                    break
+                await flight.wait(left)
 
     @staticmethod
     def _terminal(flight: Flight) -> dict[str, bytes]:

@@ -311,11 +311,13 @@ class Flights(Mapping[str, Flight]):
         return flight if flight is not None and not flight.finished else None
 
     def start(self, key: str, stream: bool, routes: list[Route], client_headers: dict[str, str], *,
-              store: bool, on_done: OnDone) -> Flight:
-        """Start one upstream call; ``on_done`` runs when it ends (registered under ``key`` when set)."""
+              store: bool, on_done: OnDone, coalesce: bool = True) -> Flight:
+        """Start one upstream call; ``on_done`` runs when it ends (registered under ``key`` when set).
+        ``coalesce=False`` (a client that asked for a fresh answer) never follows another process's call."""
         flight = Flight(key, stream)
         flight.store = store
-        flight.shared = self.shared if key else None  # only a cache key identifies a call across processes
+        # only a cache key identifies a call across processes
+        flight.shared = self.shared if key and coalesce else None
 
         async def done(f: Flight) -> None:
             if key and self._live.get(key) is f:

@@ -330,6 +330,7 @@ class Gateway:
             routes = self.router.routes(ident.model, ident.deployments, ident.body)
             rec.session_id = str(routes[0].payload.get("session_id") or "") if routes else ""
             flight = self.flights.start(cache_key, ident.stream, routes, dict(request.headers), store=cc.store,
+                                        coalesce=cc.lookup,
                                         on_done=self._storer(cache_key, cc, ident.canonical, rec.upstream_model,
                                                              probe))
             flight.max_event = self.config.stream.max_event_bytes

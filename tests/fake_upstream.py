@@ -222,7 +222,8 @@ class FakeOpenRouter:
         except ValueError:
             body = None
         self._record(request, body)
-        self.calls[-1].raw = raw
+        if self.calls and self.calls[-1].json is body:  # bench.fake_upstream_server keeps no call history
+            self.calls[-1].raw = raw
         if not isinstance(body, dict):
             return self._error(400, "Invalid JSON body")
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":

@@ -119,7 +119,8 @@ async def test_a_dead_leader_lets_a_follower_go_upstream(coalescing: Any) -> Non
     leader, follower = coalescing(lock_ttl=1.0), coalescing(lock_ttl=1.0)
     try:
         # a leader that claims the key and then dies (never publishes, never releases)
-        assert await leader._claim(keys=[leader.lock_key("r1:k"), leader.stream_key("r1:k")], args=["dead", 1000])
+        assert await leader._claim(keys=[leader.lock_key("r1:k"), leader.stream_key("r1:k"), leader.want_key("r1:k")],
+                                   args=["dead", 1000])
         f = Flight("r1:k", True)
         assert await follower.follow(f) is False  # lock expired, nothing sent: we lead now
         assert not f.remote and follower.counters.leader_lost == 1 and follower.counters.led == 1
@@ -166,3 +167,54 @@ async def test_frames_replay_from_the_start_and_an_error_is_shared(coalescing: A
 
 async def _true(v: bool) -> bool:
     return v
+
+
+async def test_no_cache_never_follows_another_process(aiohttp_server: Any, aiohttp_client: Any, make_config: Any,
+                                                      tmp_path: Path, redis_server: Any, redis_prefix: str) -> None:
+    from r1proxy.app import create_app
+    from tests.conftest import LOCAL_KEY
+    from tests.roo import roo_body
+
+    fake = FakeOpenRouter()
+    gate = Gate()
+    app = fake.make_app()
+    app.middlewares.append(gate.middleware)
+    server = await aiohttp_server(app)
+    redis = {"url": redis_server.url, "prefix": redis_prefix, "timeout": "2s"}
+    clients = []
+    for name in ("a", "b"):
+        cfg = make_config(server={"state_dir": str(tmp_path / name)}, cache={"redis": redis},
+                          upstreams={"openrouter": {"base_url": str(server.make_url("/api/v1"))}})
+        clients.append(await aiohttp_client(create_app(cfg)))
+    a, b = clients
+    auth = {"Authorization": f"Bearer {LOCAL_KEY}"}
+    first = asyncio.ensure_future(a.post("/chat/completions", json=roo_body(stream=False), headers=auth))
+    await _poll(lambda: _true(gate.arrived == 1), "a's upstream call")
+    fresh = asyncio.ensure_future(b.post("/chat/completions", json=roo_body(stream=False),
+                                         headers={**auth, "Cache-Control": "no-cache"}))
+    await _poll(lambda: _true(gate.arrived == 2), "b's own upstream call (no-cache must not follow a's)")
+    gate.open.set()
+    ra, rb = await first, await fresh
+    assert (ra.status, rb.status) == (200, 200)
+    assert (ra.headers["X-Cache"], rb.headers["X-Cache"]) == ("MISS", "BYPASS")
+
+
+async def test_a_leader_nobody_follows_publishes_nothing(coalescing: Any) -> None:
+    from r1proxy.flight import Flight
+
+    leader = coalescing()
+    try:
+        f = Flight("r1:alone", True)
+        assert await leader.follow(f) is False
+        f.started, f.data_count = True, 1
+        f.items.append({"choices": [{"delta": {"content": "hi"}}]})
+        f.changed()
+        f.result, f.finished = {"choices": []}, True
+        f.changed()
+        await _poll(lambda: _true(not leader._tasks), "the leader to let go")
+        lock, stream = leader.lock_key("r1:alone"), leader.stream_key("r1:alone")
+        assert await leader.client.exists(lock, stream) == 0  # released, and no stream was ever written
+    finally:
+        await leader.close()
+        await leader.client.aclose()
+        await leader.blocking.aclose()
