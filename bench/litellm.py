@@ -48,6 +48,7 @@ litellm_settings:
   cache: true
   cache_params:
     type: local
+    max_messages: null
 """)
     env_extra = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": "bench"}
     servers.env.update(env_extra)
@@ -60,8 +61,15 @@ litellm_settings:
             servers.env.pop(k, None)
 
 
+MAX_MESSAGES_NOTE = ("LiteLLM's cache skips any request with more than 4 messages by default (max_messages=4 in "
+                     "litellm/caching/caching.py), so it caches nothing for Roo Code from the second turn on; "
+                     "this run sets cache_params.max_messages: null so its hits can be measured at all.")
+
+
 def litellm_rows(s: Settings, wrk: str, servers: Servers, report: Report, slow: Server, ceiling: Server | None,
                  files: dict[str, Path], body: bytes, body_stream: bytes) -> None:
+    print("  " + MAX_MESSAGES_NOTE)
+    report.notes.append(MAX_MESSAGES_NOTE)
     binary = litellm_bin()
     if binary is None:
         msg = f"LiteLLM skipped: not installed. To include it: {LITELLM_INSTALL}."

@@ -185,7 +185,7 @@ Re-run it to refresh this file; see bench/README.md for what each row means.
     analysis = Path(__file__).with_name("ANALYSIS.md")
     if analysis.exists():  # the profile-backed explanation of unmet targets, kept by hand
         text += "\n" + analysis.read_text()
-    kept = other_sections(DOC.read_text() if DOC.exists() else "")
+    kept = other_sections(DOC.read_text() if DOC.exists() else "", text)
     if kept:
         text = text.rstrip("\n") + "\n\n" + kept
     DOC.parent.mkdir(parents=True, exist_ok=True)
@@ -195,16 +195,25 @@ Re-run it to refresh this file; see bench/README.md for what each row means.
 GENERATED = ("## Machine and versions", "## Method", "## Results", "## Why the unmet targets")
 
 
-def other_sections(doc: str) -> str:
+def other_sections(doc: str, written: str = "") -> str:
     """The ``## `` sections of the existing file this run does not write (other benchmarks' results,
-    e.g. ``python -m bench.fuzz``), in their order, so a re-run keeps them."""
+    e.g. ``python -m bench.fuzz``), in their order, so a re-run keeps them; a heading that ``written``
+    already has (e.g. one from bench/ANALYSIS.md) is not kept twice."""
     out: list[str] = []
     keep = False
+    ours = {line for line in written.splitlines() if line.startswith("## ")}
+    comments: list[str] = []  # e.g. <!-- team:start -->: they belong to the section after them
     for line in doc.splitlines(keepends=True):
         if line.startswith("## "):
-            keep = not line.startswith(GENERATED)
+            keep = not line.startswith(GENERATED) and line.rstrip("\n") not in ours
+            if keep:
+                out.extend(comments)
+            comments = []
         elif line.startswith("# "):
             keep = False
+        elif line.startswith("<!--") and line.rstrip().endswith("start -->"):
+            comments.append(line)
+            continue
         if keep:
             out.append(line)
     return "".join(out).strip("\n") + "\n" if out else ""
