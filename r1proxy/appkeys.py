@@ -13,11 +13,9 @@ from .store import Store
 
 if TYPE_CHECKING:
     from .gateway import Gateway
-    from .ui.state import UiState
 
 CONFIG_KEY = web.AppKey("CONFIG_KEY", Config)
 HTTP_SESSION_KEY = web.AppKey("HTTP_SESSION_KEY", aiohttp.ClientSession)
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("GATEWAY_KEY")
 CLOCK_KEY = web.AppKey("CLOCK_KEY", Clock)
 STORE_KEY: web.AppKey[Store] = web.AppKey("STORE_KEY")
-UI_KEY: web.AppKey[UiState] = web.AppKey("UI_KEY")

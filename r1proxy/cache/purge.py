@@ -46,7 +46,8 @@ class PurgeFilter:
                    shared=bool(d.get("shared")))
 
 
-async def _scan(client: Any, pattern: str) -> AsyncIterator[list[bytes]]:
+async def scan_keys(client: Any, pattern: str) -> AsyncIterator[list[bytes]]:
+    """Batches of Redis keys matching ``pattern`` (SCAN, never KEYS)."""
     cursor = 0
     while True:
         cursor, keys = await client.scan(cursor=cursor, match=pattern, count=1000)
@@ -56,7 +57,8 @@ async def _scan(client: Any, pattern: str) -> AsyncIterator[list[bytes]]:
             return
 
 
-def _glob_escape(s: str) -> str:
+def glob_escape(s: str) -> str:
+    """``s`` as a literal inside a Redis glob pattern."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in s)
 
 
@@ -64,7 +66,7 @@ async def purge_redis(client: Any, prefix: str, f: PurgeFilter) -> int:
     """Delete matching entries (and their hit counts) under ``prefix``; returns how many entries."""
     entry_prefix, hits_prefix = (prefix + "e:").encode(), (prefix + "h:").encode()
     n = 0
-    async for keys in _scan(client, _glob_escape(prefix) + "e:*"):
+    async for keys in scan_keys(client, glob_escape(prefix) + "e:*"):
         victims = keys
         if f.model is not None or f.before is not None:  # read each entry's metadata, never its blobs
             pipe = client.pipeline(transaction=False)

@@ -24,6 +24,7 @@ from typing import Any
 from r1proxy.cache.breaker import Breaker
 from r1proxy.cache.codec import HEADER_SIZE, Codec, CodecError, header
 from r1proxy.cache.entry import CacheEntry, TierStats
+from r1proxy.cache.purge import glob_escape, scan_keys
 from r1proxy.cache.zdict import Compression, UnknownDictionary, unpack
 from r1proxy.config import ConfigError, RedisConfig
 
@@ -316,8 +317,8 @@ class RedisTier:
         entries = stored = raw = 0
         try:
             async with asyncio.timeout(max(2.0, self.write_timeout)):
-                pattern = _glob_escape(self.prefix) + "e:*"
-                async for keys in _scan_batches(self.client, pattern):
+                pattern = glob_escape(self.prefix) + "e:*"
+                async for keys in scan_keys(self.client, pattern):
                     pipe = self.client.pipeline(transaction=False)
                     for k in keys:
                         pipe.strlen(k)
@@ -357,17 +358,3 @@ class RedisTier:
             await self.client.aclose()
         except Exception as e:  # closing a dead connection must not fail shutdown
             log.debug("redis close: %s", e)
-
-
-async def _scan_batches(client: Any, pattern: str) -> Any:
-    cursor = 0
-    while True:
-        cursor, keys = await client.scan(cursor=cursor, match=pattern, count=1000)
-        if keys:
-            yield keys
-        if not cursor:
-            return
-
-
-def _glob_escape(s: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in s)

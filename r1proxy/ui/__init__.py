@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from r1proxy.appkeys import CONFIG_KEY, UI_KEY
+from r1proxy.appkeys import CONFIG_KEY
 from r1proxy.ui import html
 from r1proxy.ui.access import SESSION_COOKIE, SESSION_S, Access, finish, guarded, nonce_of
 from r1proxy.ui.assets import static
 from r1proxy.ui.cache import cache_page, purge_action
 from r1proxy.ui.overview import api_overview, overview_page
 from r1proxy.ui.requests import request_detail, request_why, requests_page
-from r1proxy.ui.state import UiState, see_other
+from r1proxy.ui.state import UI_KEY, UiState, see_other
 from r1proxy.ui.upstreams import api_latency, upstreams_page
 
 __all__ = ["setup_ui"]

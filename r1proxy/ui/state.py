@@ -9,7 +9,6 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from r1proxy.appkeys import UI_KEY
 from r1proxy.ui import html
 from r1proxy.ui.access import SESSION_COOKIE, Access, nonce_of
 from r1proxy.ui.data import UiData
@@ -32,6 +31,10 @@ class UiState:
         if self._data is not None:
             await self._data.close()
             self._data = None
+
+
+# the dashboard's key lives with its owner: appkeys (below the gateway) never imports the UI
+UI_KEY = web.AppKey("UI_KEY", UiState)
 
 
 def ui_state(request: web.Request) -> UiState:
