@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.realparts import missing
+
 __all__ = ["own_redis", "redis_prefix", "redis_server"]
 
 BINARY = shutil.which("redis-server") or shutil.which("valkey-server")
@@ -74,7 +76,7 @@ def _answers_ping(port: int) -> bool:
 def start_redis(extra: tuple[str, ...] = ()) -> RedisServer:
     """Start a redis-server on a free port (a few tries: another process may take the port first)."""
     if BINARY is None:
-        pytest.skip(SKIP)
+        missing(SKIP)
     last = ""
     for _ in range(5):
         port = _free_port()

@@ -23,6 +23,7 @@ from r1proxy.app import create_app
 from r1proxy.appkeys import GATEWAY_KEY, STORE_KEY
 from tests.conftest import LOCAL_KEY
 from tests.fake_upstream import Script
+from tests.realparts import missing
 from tests.roo import roo_body
 
 CHROMIUM = "/usr/bin/chromium"
@@ -34,8 +35,8 @@ XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">">
 WAIT_MS = 15000
 
 if not os.path.exists(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install chromium`; .ci/run does) "
-                "to run the browser tests", allow_module_level=True)
+    missing(f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install chromium`; .ci/run does) "
+            "to run the browser tests", module=True)
 playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright package is in the [test] extra")
 expect = playwright_api.expect
 
