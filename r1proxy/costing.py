@@ -17,7 +17,7 @@ that keeps both current. ``figures`` is the one rule for a request's money (docs
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from .openrouter import AccountWatch
 from .prices import Price, PriceBook, cost_of, prefix_saving
 from .quota import FreeQuota, is_free_model
 from .route import Route
-from .rules import is_daily_quota, served_from_cache
+from .rules import daily_quota, served_from_cache
 from .usage import Usage
 
 log = logging.getLogger("r1proxy")
@@ -128,13 +128,9 @@ class Costing:
         model = route.deployment.model
         if not is_free_model(model):
             return
-        err = payload.get("error") if isinstance(payload, Mapping) else None
-        message = str(err.get("message", "")) if isinstance(err, Mapping) else ""
-        if is_daily_quota(status, message):
-            meta = err.get("metadata") if isinstance(err, Mapping) else None
-            headers = meta.get("headers") if isinstance(meta, Mapping) else None
-            self.quota.exhausted(up.name, {str(k): str(v) for k, v in headers.items()}
-                                 if isinstance(headers, Mapping) else None)
+        gone = daily_quota(status, payload)
+        if gone is not None:
+            self.quota.exhausted(up.name, gone.headers or None)
             return
         self.quota.count(up.name, model, status)
 

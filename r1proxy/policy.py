@@ -17,7 +17,7 @@ from .config import Config, ModelConfig
 from .errors import ProxyError
 from .pacing import PacerExhausted, PacerTimeout, UpstreamPacer
 from .route import Hooks, Route
-from .rules import is_daily_quota, seconds_to_utc_midnight, upstream_failed
+from .rules import daily_quota, seconds_to_utc_midnight, upstream_failed
 from .sharedlimits import PaceRefused, SharedLimits
 
 
@@ -128,16 +128,13 @@ class UpstreamPolicy(Hooks):
         pacer = self.pacers.get(id(dep))
         if pacer is None or status != 429:
             return
-        err = payload.get("error") if isinstance(payload, dict) else None
-        message = str(err.get("message", "")) if isinstance(err, dict) else ""
-        if is_daily_quota(status, message):
-            meta = err.get("metadata") if isinstance(err, dict) else None
-            hdrs = meta.get("headers") if isinstance(meta, dict) else None
-            reset = retry_after_seconds(hdrs) if isinstance(hdrs, dict) else None
+        gone = daily_quota(status, payload)
+        if gone is not None:
+            reset = retry_after_seconds(gone.headers) if gone.headers else None
             gone_for = reset or seconds_to_utc_midnight(self.clock.now())
             pacer.mark_daily_exhausted(gone_for)
             if self.shared is not None:
                 self.shared.quota_gone(f"{dep.upstream}/{dep.model}", gone_for)
-            self.daily_advice[id(dep)] = message[:300]  # OpenRouter's own words ("Add 10 credits to …")
+            self.daily_advice[id(dep)] = gone.message[:300]  # OpenRouter's own words ("Add 10 credits to …")
         elif retry_after:
             pacer.cool_down(retry_after)  # queued requests wait it out instead of failing

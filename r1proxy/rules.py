@@ -11,7 +11,8 @@ The SQL views in ``migrations`` are generated from these definitions (``sql_in``
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -44,6 +45,26 @@ def upstream_failed(status: int) -> bool:
 def is_daily_quota(status: int, message: str) -> bool:
     """OpenRouter's "free-models-per-day" 429: no retry helps until the quota resets."""
     return status == 429 and "per-day" in message
+
+
+@dataclass(frozen=True, slots=True)
+class DailyQuota:
+    """OpenRouter's daily-quota 429: its message (its own advice, e.g. "Add 10 credits …") and the
+    rate-limit headers it quotes in ``error.metadata.headers`` ({} when it quotes none)."""
+
+    message: str
+    headers: dict[str, str]
+
+
+def daily_quota(status: int, payload: object) -> DailyQuota | None:
+    """The daily quota an upstream reply (status, parsed body) reports as gone; None for any other reply."""
+    err = payload.get("error") if isinstance(payload, Mapping) else None
+    message = str(err.get("message", "")) if isinstance(err, Mapping) else ""
+    if not is_daily_quota(status, message):
+        return None
+    meta = err.get("metadata") if isinstance(err, Mapping) else None
+    headers = meta.get("headers") if isinstance(meta, Mapping) else None
+    return DailyQuota(message, {str(k): str(v) for k, v in headers.items()} if isinstance(headers, Mapping) else {})
 
 
 def utc_day(ts: float) -> str:
