@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import time
 
 from aiohttp import web
 
 from . import __version__
-from .appkeys import CONFIG_KEY, GATEWAY_KEY
+from .appkeys import CLOCK_KEY, CONFIG_KEY, GATEWAY_KEY
 from .errors import ProxyError
 
 
@@ -41,7 +40,7 @@ async def health(request: web.Request) -> web.Response:
         extra["db_event"] = db.last_event  # e.g. the file was deleted while serving, and reopened
     return web.json_response({"status": "degraded" if degraded else "ok", "version": __version__, **extra,
                               "degraded": degraded,  # e.g. "redis breaker open …": served from local tiers
-                              "uptime_s": round(time.time() - gw.started_at, 3),
+                              "uptime_s": round(request.app[CLOCK_KEY].now() - gw.started_at, 3),
                               "in_flight": len(gw.flights), "cache": cfg.cache.enabled,
                               # writes skipped after a disk error (full disk, I/O): requests never fail for it
                               "db_write_errors": db.write_errors if db is not None else 0})

@@ -7,7 +7,6 @@ redirect back to the page saying how many entries went.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -16,7 +15,7 @@ from r1proxy.appkeys import STORE_KEY
 from r1proxy.cache import CacheEntry, NullCache, TieredCache
 from r1proxy.config import parse_duration
 from r1proxy.ui import html
-from r1proxy.ui.state import csrf, respond, see_other, ui_state
+from r1proxy.ui.state import csrf, now, respond, see_other, ui_state
 
 SHOWN = 100
 
@@ -77,7 +76,7 @@ async def _purge(request: web.Request, cache: TieredCache, model: str | None, ol
 
     Memory and SQLite purge by filter; a tier that can only delete by key (Redis) gets the keys the
     disk tier holds for that filter (entries only another process stored there are not seen)."""
-    cutoff = time.time() - older_than_s if older_than_s is not None else None
+    cutoff = now(request) - older_than_s if older_than_s is not None else None
 
     def match(e: CacheEntry) -> bool:
         return (model is None or e.model == model) and (cutoff is None or e.created_at < cutoff)

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from r1proxy.appkeys import GATEWAY_KEY, STORE_KEY
 from r1proxy.ui import html
-from r1proxy.ui.state import respond, ui_state
+from r1proxy.ui.state import now, respond, ui_state
 
 POLL_MS = 5000
 
@@ -23,14 +23,14 @@ def live(request: web.Request) -> dict[str, Any]:
     gw = request.app[GATEWAY_KEY]
     cache = request.app[STORE_KEY].cache
     memory = cache.memory
-    return {"in_flight": gw.metrics.in_flight, "uptime_s": round(time.time() - gw.started_at, 1),
+    return {"in_flight": gw.metrics.in_flight, "uptime_s": round(now(request) - gw.started_at, 1),
             "memory_entries": memory.entries if memory is not None else 0,
             "memory_bytes": memory.bytes if memory is not None else 0,
             "flights": len(gw.flights), "free": gw.accounting.costing.free_quota()}
 
 
 async def overview_data(request: web.Request) -> dict[str, Any]:
-    data = await ui_state(request).data.call(ui_state(request).data.overview, time.time())
+    data = await ui_state(request).data.call(ui_state(request).data.overview, now(request))
     data["live"] = live(request)
     return data
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +20,7 @@ from r1proxy.ops_explain import ExplainError, explain_logged
 from r1proxy.rules import BYPASS, MISS
 from r1proxy.ui import html
 from r1proxy.ui.data import CACHE_STATES, RequestFilter, outcome
-from r1proxy.ui.state import respond, ui_state
+from r1proxy.ui.state import now, respond, ui_state
 
 PAGE = 50
 MAX_PAGE = 500
@@ -100,14 +99,14 @@ def _row(r: dict[str, Any]) -> str:
 
 async def requests_page(request: web.Request) -> web.Response:
     q = request.query
-    now = time.time()
+    at = now(request)
     try:
-        f, before, n = parse(q, now)
+        f, before, n = parse(q, at)
     except BadQuery as e:
         return respond(request, "Requests", "requests", f'<p class="error">{html.esc(e)}</p>', status=400)
     data = ui_state(request).data
     rows, more = await data.call(data.requests, f, before, n)
-    facets = await data.call(data.facets, now - 31 * 86400)
+    facets = await data.call(data.facets, at - 31 * 86400)
     keys = [k.name for k in request.app[CONFIG_KEY].keys]
     table = html.table(("time (UTC)", "key", "model", "served", "status", "total", "TTFB", "tokens in / out",
                         "spent", "saved"), [_row(r) for r in rows] or

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from r1proxy.appkeys import CLOCK_KEY
 from r1proxy.ui import html
 from r1proxy.ui.access import SESSION_COOKIE, Access, nonce_of
 from r1proxy.ui.data import UiData
@@ -35,6 +36,11 @@ class UiState:
 
 # the dashboard's key lives with its owner: appkeys (below the gateway) never imports the UI
 UI_KEY = web.AppKey("UI_KEY", UiState)
+
+
+def now(request: web.Request) -> float:
+    """Wall-clock time from the app's one clock (what the gateway and the request log use)."""
+    return request.app[CLOCK_KEY].now()
 
 
 def ui_state(request: web.Request) -> UiState:

@@ -16,7 +16,7 @@ from aiohttp import web
 from r1proxy.appkeys import GATEWAY_KEY
 from r1proxy.reqlog import utc_day
 from r1proxy.ui import html
-from r1proxy.ui.state import respond, ui_state
+from r1proxy.ui.state import now, respond, ui_state
 
 
 def _left(until: float) -> str:
@@ -51,7 +51,7 @@ def _limit(used: float, limit: float, fmt: Any) -> str:
 
 def keys(request: web.Request) -> list[str]:
     gw = request.app[GATEWAY_KEY]
-    day = utc_day(time.time())
+    day = utc_day(now(request))
     rows = []
     for k in gw.config.keys:
         reqs, tokens, usd = gw.accounting.usage.get((k.name, day), [0, 0, 0.0])
@@ -66,7 +66,7 @@ def keys(request: web.Request) -> list[str]:
 
 async def api_latency(request: web.Request) -> web.Response:
     data = ui_state(request).data
-    return web.json_response(await data.call(data.latency, time.time()))
+    return web.json_response(await data.call(data.latency, now(request)))
 
 
 async def upstreams_page(request: web.Request) -> web.Response:
