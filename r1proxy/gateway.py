@@ -290,9 +290,7 @@ class Gateway:
         return await self._miss(request, rec, key, ident, cc, admit, probe)
 
     async def _entry(self, key: str) -> CacheEntry | None:
-        entry = self.cache.get_nowait(key)
-        if entry is None:
-            entry, _ = await self.cache.get(key)
+        entry, _tier = await self.cache.get(key)  # memory first, then the slower tiers
         return entry
 
     async def _lookup(self, key: str, cc: CacheControl) -> tuple[CacheEntry, str] | None:

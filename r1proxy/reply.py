@@ -72,12 +72,17 @@ def send_entry(rec: RequestRecord, entry: CacheEntry, tier: str, *, stream: bool
     return web.Response(body=body, headers=headers, content_type="application/json")
 
 
+def follows_remote(rec: RequestRecord, flight: Flight) -> None:
+    """Another process made the upstream call (r1proxy.coalesce): this request is its follower."""
+    if flight.remote and rec.cache == MISS:
+        rec.cache = COALESCED
+
+
 def take_outcome(rec: RequestRecord, flight: Flight) -> None:
     """What the flight learned goes into the record; a follower's answer was paid by its leader."""
     rec.route = flight.outcome.route
     rec.generation_id = flight.outcome.generation_id
-    if flight.remote and rec.cache == MISS:  # another process made the upstream call (r1proxy.coalesce)
-        rec.cache = COALESCED
+    follows_remote(rec, flight)
     if rec.cache == COALESCED:
         if flight.result is not None:
             rec.cost_saved = Usage.of_completion(flight.result).cost
@@ -136,8 +141,7 @@ class StreamFollower:
 
     async def _open(self) -> web.StreamResponse:
         self.rec.route = self.flight.outcome.route  # known once upstream answered (not for early headers)
-        if self.flight.remote and self.rec.cache == MISS:
-            self.rec.cache = COALESCED
+        follows_remote(self.rec, self.flight)
         headers = headers_for(self.rec)
         headers.update(self.flight.headers)
         headers.update(sse.SSE_HEADERS)
