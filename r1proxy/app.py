@@ -23,6 +23,7 @@ from . import guard, integrity, redact, sdnotify, semantic, shutdown, statelock
 from .appkeys import CLOCK_KEY, CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY
 from .cache import CacheTier, MemoryTier, NullCache, TieredCache
 from .cache.keys import KeyMaker
+from .cache.notices import NoticeWatcher
 from .cache.sqlite import SqliteTier
 from .cache.zdict import Compression
 from .clock import Clock
@@ -92,6 +93,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     cache: TieredCache = NullCache()
     disk: SqliteTier | None = None
     team = None
+    notices = None
     if config.cache.enabled:
         memory = MemoryTier(int(config.cache.memory_mb * 1024 * 1024)) if config.cache.memory_mb else None
         compression = Compression(db=db)
@@ -108,8 +110,10 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         cache = TieredCache(memory, tiers)
         if team is not None:
             team.listen(cache)
+        notices = NoticeWatcher(db, cache, app[CLOCK_KEY].now)
+        notices.start()
     app[STORE_KEY] = Store(db, cache, RequestLog(db), team.coalescer if team else None,
-                           team.limits if team else None)
+                           team.limits if team else None, notices)
     checking = None
     if unclean and not failed:
         off = disk.disable if disk is not None else (lambda why: None)
@@ -120,6 +124,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         if checking is not None:
             checking.cancel()
             await asyncio.gather(checking, return_exceptions=True)
+        if notices is not None:
+            await notices.close()
         if team is not None:
             await team.close()
         await cache.close()

@@ -18,11 +18,16 @@ from typing import Any
 import aiohttp
 
 from . import integrity
+from .cache import notices
+from .cache.purge import PurgeFilter
 from .cache.sqlite import SqliteTier
 from .config import Config, parse_duration
 from .costing import Costing
 from .db import Database
 from .reqlog import RequestLog
+
+# said after a purge of this state dir: the servers on it apply the notice (cache/notices.py)
+_RUNNING = f" (running servers on this state dir drop their memory copies within {notices.POLL_S:g} s)"
 
 
 class OpsError(Exception):
@@ -153,26 +158,32 @@ async def _cache(config: Config, action: str, **kw: Any) -> int:
                               "completion": entry.completion}, indent=2, ensure_ascii=False))
         elif action == "purge" and kw.get("key"):
             # the entry and (by trigger) its semantic vector: a wrong semantic source never matches again
-            if not await tier.delete(kw["key"]):
+            f = PurgeFilter(key=kw["key"], shared=config.cache.redis.enabled)
+            found = await tier.delete(kw["key"])
+            if config.cache.redis.enabled:
+                found = await _purge_shared(config, f) > 0 or found
+            if not found:
                 raise OpsError(f"no cache entry {kw['key']}")
-            print(f"purged {kw['key']}")
+            await notices.post(db, f, time.time())
+            print(f"purged {kw['key']}" + _RUNNING)
         elif action == "purge":
             older = kw.get("older_than")
             older_s = parse_duration(older) if older else None
             where = kw.get("tier") or "sqlite"
             if where != "sqlite" and not config.cache.redis.enabled:
                 raise OpsError("there is no shared tier to purge: cache.redis.url is not set")
-            n = 0
+            now = time.time()
+            f = PurgeFilter(model=kw.get("model"), before=None if older_s is None else now - older_s,
+                            all=bool(kw.get("all")), shared=where != "sqlite")
             if where in ("sqlite", "all"):
                 try:
-                    n = await tier.purge(model=kw.get("model"), older_than_s=older_s, all=kw.get("all", False))
+                    n = await tier.purge(model=f.model, older_than_s=older_s, all=f.all, now=now)
                 except ValueError as e:
                     raise OpsError(str(e)) from None
-                print(f"purged {n} entr{'y' if n == 1 else 'ies'} from {config.db_path}")
+                await notices.post(db, f, now)
+                print(f"purged {n} entr{'y' if n == 1 else 'ies'} from {config.db_path}" + _RUNNING)
             if config.cache.redis.enabled:
-                await _purge_shared(config, kw.get("model"), older_s, bool(kw.get("all")), team=where != "sqlite")
-            elif n:
-                print("(a running server may still hold some in memory until restart)")
+                await _purge_shared(config, f)
         elif action == "train-dict":
             await _train_dict(db, kw.get("samples", 2000))
         elif action == "vacuum":
@@ -193,26 +204,27 @@ async def _cache(config: Config, action: str, **kw: Any) -> int:
         await db.close()
 
 
-async def _purge_shared(config: Config, model: str | None, older_s: float | None, all_: bool, *, team: bool) -> None:
-    """``team``: purge the Redis tier and have every process purge its own SQLite too; always: every
-    running r1proxy on this Redis drops its memory copies (a pub/sub broadcast)."""
-    from .cache.purge import PurgeFilter, broadcast, purge_redis
+async def _purge_shared(config: Config, f: PurgeFilter) -> int:
+    """``f.shared``: purge the Redis tier and have every process purge its own SQLite too; always: every
+    running r1proxy on this Redis drops its memory copies (a pub/sub broadcast). Returns the Redis count."""
+    from .cache.purge import broadcast, purge_redis
     from .cache.redistier import connect
 
     rcfg = config.cache.redis
-    f = PurgeFilter(model=model, before=None if older_s is None else time.time() - older_s, all=all_, shared=team)
     client = connect(rcfg, max_connections=4, socket_timeout=max(5.0, rcfg.timeout))
+    n = 0
     try:
-        if team:
+        if f.shared:
             n = await purge_redis(client, rcfg.prefix, f)
             print(f"purged {n} entr{'y' if n == 1 else 'ies'} from the shared Redis tier")
         told = await broadcast(client, rcfg.prefix, f)
         print(f"told {told} running r1proxy process{'' if told == 1 else 'es'} to drop their copies"
-              + (" (memory and SQLite)" if team else " (memory)"))
+              + (" (memory and SQLite)" if f.shared else " (memory)"))
     except Exception as e:
         raise OpsError(f"cannot reach Redis for the purge: {type(e).__name__}: {str(e)[:200]}") from None
     finally:
         await client.aclose()
+    return n
 
 
 async def _train_dict(db: Database, samples: int) -> None:

@@ -10,6 +10,7 @@ from .db import Database
 from .reqlog import RequestLog
 
 if TYPE_CHECKING:
+    from .cache.notices import NoticeWatcher
     from .coalesce import Coalescer
     from .sharedlimits import SharedLimits
 
@@ -21,3 +22,4 @@ class Store:
     reqlog: RequestLog
     coalescer: Coalescer | None = None  # with [cache.redis]: one upstream call across processes
     limits: SharedLimits | None = None  # with [cache.redis]: key limits and pacing across processes
+    notices: NoticeWatcher | None = None  # with a cache: purges done elsewhere reach this memory tier

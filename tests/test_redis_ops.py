@@ -83,3 +83,35 @@ async def test_purge_reaches_every_process(aiohttp_client: Any, make_config: Any
         assert redis_left == 1
         r, _ = await answer(b, roo_body())
         assert (r.headers["X-Cache"], r.headers["X-Cache-Tier"]) == ("HIT", "sqlite")
+
+
+async def test_purge_key_reaches_redis_and_every_process(aiohttp_client: Any, make_config: Any, fake_server: Any,
+                                                         tmp_path: Path, redis_server: Any, redis_prefix: str) -> None:
+    redis = {"url": redis_server.url, "prefix": redis_prefix, "timeout": "2s"}
+    a, b = await _pair(aiohttp_client, make_config, tmp_path, redis)
+    rtier = a.app[GATEWAY_KEY].cache.tiers[-1]
+    await _listeners(rtier.client, redis_prefix + "purge", 2)
+    r, _ = await answer(a, roo_body())
+    key = r.headers["X-Cache-Key"]
+    await settle(a)
+    await rtier.settle()
+    r, _ = await answer(b, roo_body())
+    assert r.headers["X-Cache-Tier"] == "redis"
+    await b.app[STORE_KEY].db.flush()
+
+    cfg = tmp_path / "ops.toml"
+    cfg.write_text(f'[server]\nstate_dir = "{tmp_path / "a"}"\n[cache.redis]\nurl = "{redis_server.url}"\n'
+                   f'prefix = "{redis_prefix}"\n')
+    assert await asyncio.to_thread(main, ["--config", str(cfg), "cache", "purge", "--key", key]) == 0
+    assert await rtier.client.exists(rtier.entry_key(key)) == 0
+    mem_b = b.app[GATEWAY_KEY].cache.memory
+    for _ in range(500):  # the broadcast arrives asynchronously; bounded wait
+        if key not in mem_b and key not in a.app[GATEWAY_KEY].cache.memory:
+            break
+        await asyncio.sleep(0.02)
+    for _ in range(500):  # b deletes it from its own SQLite too (a key purge is everywhere)
+        if await b.app[STORE_KEY].db.fetchone("SELECT 1 FROM cache_entries WHERE key = ?", (key,)) is None:
+            break
+        await asyncio.sleep(0.02)
+    r, _ = await answer(b, roo_body())
+    assert r.headers["X-Cache"] == "MISS" and upstream_calls(fake_server) == 2, r.headers.get("X-Cache-Tier")

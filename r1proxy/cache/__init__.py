@@ -86,10 +86,22 @@ class TieredCache:
         """One line per tier that is configured but not in use right now (e.g. "redis breaker open …")."""
         return [d for d in (getattr(t, "degraded", "") for t in self.tiers) if d]
 
+    def drop_from_memory(self, f: PurgeFilter) -> int:
+        """Drop the memory tier's entries matching ``f`` (a purge done elsewhere: CLI, another process)."""
+        if self.memory is None:
+            return 0
+        if f.key is not None:
+            return int(self.memory.drop(f.key))
+        return self.memory.drop_where(lambda e: f.matches(e.model, e.created_at, e.key))
+
     async def purge_local(self, f: PurgeFilter, now: float) -> int:
         """Apply a purge broadcast: drop matching entries from memory, and from SQLite when team-wide."""
-        n = self.memory.drop_where(lambda e: f.matches(e.model, e.created_at)) if self.memory is not None else 0
-        if f.shared:
+        n = self.drop_from_memory(f)
+        if f.shared and f.key is not None:
+            for t in self.tiers:
+                if t.name == "sqlite":
+                    n += int(await t.delete(f.key))
+        elif f.shared:
             for t in self.tiers:
                 purge = getattr(t, "purge", None)
                 if t.name == "sqlite" and purge is not None:

@@ -105,6 +105,10 @@ class MemoryTier:
     async def delete(self, key: str) -> bool:
         return self._drop(key)
 
+    def drop(self, key: str) -> bool:
+        """Remove one entry now; True if it was here."""
+        return self._drop(key)
+
     def drop_where(self, pred: Callable[[CacheEntry], bool]) -> int:
         """Remove every entry for which ``pred`` is true (the dashboard's purge by model or age)."""
         keys = [k for k, e in self._items.items() if pred(e)]

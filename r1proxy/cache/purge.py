@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from r1proxy.cache.codec import HEADER_SIZE, CodecError, header
+from r1proxy.cache.redisnames import entry_key, hits_key
 
 log = logging.getLogger("r1proxy.redis")
 
@@ -27,8 +28,11 @@ class PurgeFilter:
     before: float | None = None  # created_at earlier than this (Unix seconds)
     all: bool = False
     shared: bool = False  # team-wide: receivers purge their SQLite tier too, not only memory
+    key: str | None = None  # exactly this entry (`cache purge --key`); the other filters are then unused
 
-    def matches(self, model: str, created_at: float) -> bool:
+    def matches(self, model: str, created_at: float, key: str = "") -> bool:
+        if self.key is not None:
+            return key == self.key
         if self.all and self.model is None and self.before is None:
             return True
         return ((self.model is None or model == self.model)
@@ -42,8 +46,9 @@ class PurgeFilter:
         d = json.loads(data)
         if not isinstance(d, dict):
             raise ValueError("not a purge filter")
+        key = d.get("key")
         return cls(model=d.get("model"), before=d.get("before"), all=bool(d.get("all")),
-                   shared=bool(d.get("shared")))
+                   shared=bool(d.get("shared")), key=None if key is None else str(key))
 
 
 async def scan_keys(client: Any, pattern: str) -> AsyncIterator[list[bytes]]:
@@ -65,6 +70,8 @@ def glob_escape(s: str) -> str:
 async def purge_redis(client: Any, prefix: str, f: PurgeFilter) -> int:
     """Delete matching entries (and their hit counts) under ``prefix``; returns how many entries."""
     entry_prefix, hits_prefix = (prefix + "e:").encode(), (prefix + "h:").encode()
+    if f.key is not None:  # one entry: no scan
+        return 1 if await client.unlink(entry_key(prefix, f.key), hits_key(prefix, f.key)) else 0
     n = 0
     async for keys in scan_keys(client, glob_escape(prefix) + "e:*"):
         victims = keys
@@ -87,7 +94,8 @@ async def purge_redis(client: Any, prefix: str, f: PurgeFilter) -> int:
             for k, meta in zip(sized, metas, strict=True):
                 try:
                     m = json.loads(meta)
-                    if f.matches(str(m.get("model") or ""), float(m.get("created_at") or 0.0)):
+                    if f.matches(str(m.get("model") or ""), float(m.get("created_at") or 0.0),
+                                 k[len(entry_prefix):].decode().strip("{}")):
                         victims.append(k)
                 except (ValueError, TypeError, AttributeError):
                     continue

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from r1proxy.cache import redisnames
 from r1proxy.cache.breaker import Breaker
 from r1proxy.cache.codec import HEADER_SIZE, Codec, CodecError, header
 from r1proxy.cache.entry import CacheEntry, TierStats
@@ -101,10 +102,10 @@ class RedisTier:
         self._stats: tuple[float, TierStats] | None = None
 
     def entry_key(self, key: str) -> str:
-        return f"{self.prefix}e:{{{key}}}"
+        return redisnames.entry_key(self.prefix, key)
 
     def hits_key(self, key: str) -> str:
-        return f"{self.prefix}h:{{{key}}}"
+        return redisnames.hits_key(self.prefix, key)
 
     def dict_key(self, dict_id: int) -> str:
         return f"{self.prefix}zdict:{dict_id}"

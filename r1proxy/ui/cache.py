@@ -1,7 +1,8 @@
 """The Cache page (entries by hits, size per tier) and its purge actions (one entry, a model, by age).
 
 Purges go through the running cache (every tier: memory, disk, and any later tier that can purge),
-so the next identical request is a MISS. Each purge is a POST with a CSRF token, answered by a
+so the next identical request is a MISS; a purge notice (cache/notices.py) tells the other workers.
+Each purge is a POST with a CSRF token, answered by a
 redirect back to the page saying how many entries went.
 """
 
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from r1proxy.appkeys import STORE_KEY
 from r1proxy.cache import CacheEntry, NullCache, TieredCache
+from r1proxy.cache.purge import PurgeFilter
 from r1proxy.config import parse_duration
 from r1proxy.ui import html
 from r1proxy.ui.state import csrf, now, respond, see_other, ui_state
@@ -102,14 +104,20 @@ async def purge_action(request: web.Request) -> web.StreamResponse:
     what = str(form.get("what", ""))
     if what == "one" and form.get("key"):
         n = int(await cache.delete(str(form["key"])))
+        done = PurgeFilter(key=str(form["key"]))
     elif what == "model" and "model" in form:
         n = await _purge(request, cache, str(form["model"]), None)
+        done = PurgeFilter(model=str(form["model"]))
     elif what == "age":
         try:
             age = parse_duration(str(form.get("older_than", "")))
         except ValueError as e:
             return see_other("/ui/cache", error=f"older than: {e}")
         n = await _purge(request, cache, None, age)
+        done = PurgeFilter(before=now(request) - age)
     else:
         return see_other("/ui/cache", error="unknown purge request")
+    notices = request.app[STORE_KEY].notices
+    if notices is not None:  # the other workers on this state dir drop their memory copies too
+        await notices.post(done)
     return see_other("/ui/cache", purged=str(n))
