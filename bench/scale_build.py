@@ -28,12 +28,12 @@ import xxhash
 
 from bench.answers import r1_answer
 from bench.body import roo_body
-from r1proxy import reqlog
+from r1proxy import rollups
 from r1proxy.cache import sqlite as store
 from r1proxy.cache.entry import CacheEntry
 from r1proxy.cache.sqlite import SqliteTier
 from r1proxy.db import Database
-from r1proxy.reqlog import REQUEST_COLUMNS
+from r1proxy.rollups import REQUEST_COLUMNS
 
 POOL = 500
 CHUNK = 20_000
@@ -131,10 +131,9 @@ def build(state_dir: Path, entries: int, log_rows_n: int, days: float = 6.0, ttl
             done += len(chunk)
             if progress and done % 200_000 < CHUNK:
                 print(f"    {done:,} entries ({time.perf_counter() - t0:.0f} s)", flush=True)
-        ins = reqlog._INSERT
         for chunk in _chunks(log_rows(log_rows_n, now, days * 86400), CHUNK):
             conn.execute("BEGIN")
-            conn.executemany(ins, chunk)
+            rollups.insert_requests(conn, chunk)  # the rows and their rollups, as the writer does
             conn.execute("COMMIT")
         conn.execute("PRAGMA journal_mode = WAL")
     finally:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,9 @@ __all__ = ["Database", "DatabaseLocked", "DatabaseUnavailable", "move_aside"]
 log = logging.getLogger(__name__)
 
 Params = Sequence[Any]
+# Writes a batch of parameter rows itself (on the writer thread, inside the batch's transaction);
+# returns a rowcount. For writes that are more than one statement, e.g. rollups.insert_requests.
+RowsWriter = Callable[[sqlite3.Connection, list[Params]], int]
 
 
 @dataclass(slots=True)
@@ -53,6 +56,7 @@ class _Op:
     many: bool = False
     done: asyncio.Future[int] | None = None  # set for awaited writes: receives the rowcount
     seq: int = 0  # position in the writer's queue (see Database.wait_written)
+    writer: RowsWriter | None = None  # runs the op's rows instead of executemany(sql, rows)
 
 
 class Database:
@@ -224,6 +228,12 @@ class Database:
         """Queue one statement over many parameter rows (executemany)."""
         return self._enqueue(_Op(sql, list(rows), many=True))
 
+    def submit_rows(self, writer: RowsWriter, rows: Iterable[Params], *, label: str) -> int:
+        """Queue rows for ``writer`` (called on the writer thread within the batch's transaction;
+        runs of the same writer in a batch are merged into one call). ``label`` names the write in
+        error reports (like a statement's SQL)."""
+        return self._enqueue(_Op(label, list(rows), many=True, writer=writer))
+
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one write through the writer, in order with queued ones; returns the rowcount.
 
@@ -362,17 +372,20 @@ class Database:
         out: list[_Op] = []
         for op in batch:
             prev = out[-1] if out else None
-            if (op.done is None and prev is not None and prev.done is None and prev.sql == op.sql):
+            if (op.done is None and prev is not None and prev.done is None and prev.sql == op.sql
+                    and prev.writer is op.writer):
                 rows = op.params if op.many else [op.params]
                 if prev.many:
                     prev.params.extend(rows)
                 else:
                     out[-1] = _Op(prev.sql, [prev.params, *rows], many=True)
             else:
-                out.append(_Op(op.sql, list(op.params) if op.many else op.params, op.many, op.done))
+                out.append(_Op(op.sql, list(op.params) if op.many else op.params, op.many, op.done, writer=op.writer))
         return out
 
     def _run(self, op: _Op) -> int:
+        if op.writer is not None:
+            return op.writer(self._conn, op.params)
         cur = self._conn.executemany(op.sql, op.params) if op.many else self._conn.execute(op.sql, op.params)
         n = cur.rowcount
         cur.close()

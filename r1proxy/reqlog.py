@@ -1,6 +1,7 @@
-"""The request log and per-key daily usage: every SQL statement on ``requests`` and ``key_usage``.
+"""The request log and per-key daily usage: the statements on ``requests`` and ``key_usage``.
 
-Writes are queued on the ``Database`` writer (never block, never raise). Reads back the
+Rows get into ``requests`` through ``rollups.insert_requests`` (the insert and its rollups, one
+transaction). Writes are queued on the ``Database`` writer (never block, never raise). Reads back the
 numbers ``r1proxy stats`` prints (``summary``). Days are UTC dates ('YYYY-MM-DD').
 """
 
@@ -11,20 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from r1proxy.db import Database
+from r1proxy.rollups import INSERT, REQUEST_COLUMNS, insert_requests, row_values
 from r1proxy.rules import utc_day
 
-REQUEST_COLUMNS = (
-    "ts", "request_id", "key_name", "alias", "upstream_model", "route", "stream", "cache", "tier",
-    "status", "error_type", "latency_ms", "ttfb_ms", "prompt_tokens", "completion_tokens",
-    "reasoning_tokens", "cost", "cost_saved", "request_bytes", "response_bytes", "generation_id",
-    "cache_key", "prompt",
-    # cost (#14, migration m011)
-    "cached_tokens", "cache_write_tokens", "cost_source", "prefix_saved", "failed_attempts", "provider", "session_id",
-    # semantic tier (#16, migration m041)
-    "semantic_source", "semantic_similarity",
-)
-_INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})")
+__all__ = ["REQUEST_COLUMNS", "TOP_MODELS", "RequestLog"]
+
 _PRUNE = "DELETE FROM requests WHERE ts < ?"
 _ADD_USAGE = """
 INSERT INTO key_usage (key_name, day, requests, tokens, usd) VALUES (?, ?, ?, ?, ?)
@@ -38,7 +30,7 @@ _LOAD_USAGE = "SELECT key_name, requests, tokens, usd FROM key_usage WHERE day =
 _TOTALS = ("requests", "hits", "tokens_saved", "usd_saved", "upstream_errors", "usd_spent", "usd_prefix_saved")
 _SUM_DAILY = (f"SELECT {', '.join(f'COALESCE(SUM({c}), 0)' for c in _TOTALS)} FROM v_daily "
               "WHERE day >= ?")
-# From the dashboard's per-day rollup (m053, kept by a trigger on requests): a few hundred rows,
+# From the dashboard's per-day rollup (m053, kept on write by rollups.py): a few hundred rows,
 # where a GROUP BY over the request log scans every row (0.5 s at a million rows).
 _TOP_MODELS = """
 SELECT CASE alias WHEN '' THEN '?' ELSE alias END AS model, SUM(requests) AS requests
@@ -71,11 +63,11 @@ class RequestLog:
 
     def record(self, row: Mapping[str, Any]) -> None:
         """Queue one request row; keys not in REQUEST_COLUMNS are ignored, missing ones are NULL."""
-        self.db.submit(_INSERT, tuple(row.get(c) for c in REQUEST_COLUMNS))
+        self.db.submit_rows(insert_requests, [row_values(row)], label=INSERT)
 
     def record_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Queue several request rows as one batch."""
-        self.db.submit_many(_INSERT, [tuple(row.get(c) for c in REQUEST_COLUMNS) for row in rows])
+        self.db.submit_rows(insert_requests, [row_values(row) for row in rows], label=INSERT)
 
     def prune(self, older_than_ts: float) -> None:
         """Queue deletion of request rows logged before ``older_than_ts``."""

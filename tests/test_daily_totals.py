@@ -1,4 +1,4 @@
-"""daily_totals: maintained on write by a trigger; v_daily reads it and agrees with the request log."""
+"""daily_totals: maintained on write (rollups.insert_requests); v_daily reads it and agrees with the request log."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from r1proxy.cache import CacheEntry, MemoryTier
 from r1proxy.cache.sqlite import SqliteTier
 from r1proxy.db import Database, DatabaseLocked
 from r1proxy.migrations import MIGRATIONS, migrate
+from r1proxy.reqlog import RequestLog
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -320,9 +321,8 @@ async def test_views_show_what_was_inserted(tmp_path: Path) -> None:
     e = entry("v1:view", size=2000, created_at=86_400.0, expires_at=2 * 86_400.0)
     await tier.put(e)
     await tier.touch("v1:view", 86_400.0 + 3600)
-    db.submit("INSERT INTO requests (ts, request_id, alias, cache, status, prompt_tokens, "
-              "completion_tokens, cost, cost_saved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-              (86_400.0 + 60, "r-1", "deepseek-r1", "HIT", 200, 10, 5, 0.0, 0.02))
+    RequestLog(db).record({"ts": 86_400.0 + 60, "request_id": "r-1", "alias": "deepseek-r1", "cache": "HIT",
+                           "status": 200, "prompt_tokens": 10, "completion_tokens": 5, "cost": 0.0, "cost_saved": 0.02})
     await db.close()
 
     conn = sqlite3.connect(path)

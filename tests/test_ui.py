@@ -14,6 +14,7 @@ import pytest
 
 from r1proxy.appkeys import GATEWAY_KEY, STORE_KEY
 from r1proxy.migrations import MIGRATIONS, applied, migrate
+from r1proxy.rollups import insert_requests, row_values
 from r1proxy.ui.access import CSP, local_host
 from r1proxy.ui.assets import ASSETS, own_gzip_bytes
 from r1proxy.ui.data import RequestFilter, UiData
@@ -200,10 +201,10 @@ def test_m050_backfills_the_hourly_table_from_an_existing_log(tmp_path: Any) -> 
     got = conn.execute("SELECT hour, cache, requests, cost, prompt_tokens, prefix_saved FROM requests_hourly "
                        "ORDER BY cache").fetchall()
     assert got == [(36000, "HIT", 3, 1.5, 30, 0.375), (36000, "MISS", 3, 1.5, 30, 0.375)]
-    conn.execute("INSERT INTO requests (ts, alias, cache, tier, status) VALUES (36001, 'r1', 'MISS', '', 429)")
+    insert_requests(conn, [row_values({"ts": 36001, "alias": "r1", "cache": "MISS", "tier": "", "status": 429})])
     assert conn.execute("SELECT requests, rate_limited FROM requests_hourly WHERE cache = 'MISS'").fetchone() == (4, 1)
-    conn.execute("INSERT INTO requests (ts) VALUES (36002)")  # every other column NULL: still logged and counted
-    conn.execute("INSERT INTO requests (alias) VALUES ('no time')")  # no ts: logged, not aggregated
+    insert_requests(conn, [row_values({"ts": 36002})])  # every other column NULL: still logged and counted
+    insert_requests(conn, [row_values({"alias": "no time"})])  # no ts: logged, not aggregated
     assert conn.execute("SELECT SUM(requests), SUM(errors) FROM requests_hourly").fetchone() == (8, 0)
 
 
@@ -212,7 +213,8 @@ async def test_request_browser_filters_and_keyset_pages(tmp_path: Any) -> None:
     migrate(conn)
     rows = [(1000.0 + i, f"k{i % 2}", "r1" if i % 3 else "v3", "HIT" if i % 4 == 0 else "MISS",
              429 if i == 7 else 200) for i in range(25)]
-    conn.executemany("INSERT INTO requests (ts, key_name, alias, cache, status) VALUES (?, ?, ?, ?, ?)", rows)
+    insert_requests(conn, [row_values(dict(zip(("ts", "key_name", "alias", "cache", "status"), r, strict=True)))
+                           for r in rows])
     conn.close()
     data = UiData(tmp_path / "r.db")
     try:

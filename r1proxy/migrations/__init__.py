@@ -4,7 +4,7 @@ Each ``mNNN_what(conn)`` runs once, inside its own transaction, and its name is 
 ``_r1proxy_migrations``. Never edit a shipped migration; append a new one saying why, at the end
 of the module of its concern (or a new module). Migrations apply in the order of their numbers:
 core m001-m005, cost m010-, totals m020-, dictionaries m030-, semantic m040-, dashboard m050-,
-notices m080-.
+logwrite m060-, notices m080-.
 All times are Unix seconds (UTC); the views render them with ``datetime()`` (UTC).
 
 Tables: ``cache_entries`` (one row per cached completion; metadata in plain columns, the
@@ -34,7 +34,7 @@ served from cache) and ``cost_saved`` what a cache-served request would have cos
 
 from __future__ import annotations
 
-from . import core, cost, dashboard, dictionaries, notices, semantic, totals  # noqa: F401  (each registers its migrations)
+from . import core, cost, dashboard, dictionaries, logwrite, notices, semantic, totals  # noqa: F401  (each registers its migrations)
 from .runner import MIGRATIONS, SERVED_FROM_CACHE, Migration, applied, migrate, migration, served_sql
 
 MIGRATIONS.sort(key=lambda fn: fn.__name__)  # mNNN_: the number is the order of application

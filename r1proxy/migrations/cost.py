@@ -53,7 +53,7 @@ _FROM_CACHE = served_sql("NEW.cache")
 # instead of scanning the request log, and keeps days after their request rows were pruned.
 # Tokens named upstream_* are those of requests that made their own upstream call; tokens_saved
 # those of requests served from the cache.
-_DAILY_SUMS = {
+DAILY_SUMS = {
     "requests": "1",
     "hits": f"{_FROM_CACHE}",
     "tokens_saved": f"CASE WHEN {_FROM_CACHE} "
@@ -80,18 +80,18 @@ _DAILY_SUMS = {
 
 @migration
 def m012_daily_totals(conn: sqlite3.Connection) -> None:
-    cols = list(_DAILY_SUMS)
+    cols = list(DAILY_SUMS)
     conn.execute(f"CREATE TABLE IF NOT EXISTS daily_totals (day TEXT PRIMARY KEY, "
                  f"{', '.join(f'{c} NUMERIC NOT NULL DEFAULT 0' for c in cols)})")
     # what the request log already holds (the same expressions, over every row)
-    sums = ", ".join(f"COALESCE(SUM({expr.replace('NEW.', '')}), 0)" for expr in _DAILY_SUMS.values())
+    sums = ", ".join(f"COALESCE(SUM({expr.replace('NEW.', '')}), 0)" for expr in DAILY_SUMS.values())
     conn.execute(f"INSERT OR REPLACE INTO daily_totals (day, {', '.join(cols)}) "
                  f"SELECT date(ts, 'unixepoch'), {sums} FROM requests GROUP BY date(ts, 'unixepoch')")
     conn.execute(
         f"""
         CREATE TRIGGER IF NOT EXISTS requests_daily_totals AFTER INSERT ON requests BEGIN
           INSERT INTO daily_totals (day, {', '.join(cols)})
-          VALUES (date(NEW.ts, 'unixepoch'), {', '.join(f'COALESCE({e}, 0)' for e in _DAILY_SUMS.values())})
+          VALUES (date(NEW.ts, 'unixepoch'), {', '.join(f'COALESCE({e}, 0)' for e in DAILY_SUMS.values())})
           ON CONFLICT (day) DO UPDATE SET {', '.join(f'{c} = {c} + excluded.{c}' for c in cols)};
         END
         """

@@ -40,7 +40,7 @@ _HOURLY_TERMS = (
     ("ttfb_ms", "COALESCE(NEW.ttfb_ms, 0)"),
     ("ttfb_n", "(NEW.ttfb_ms IS NOT NULL)"),
 )
-_HOURLY_KEY = ("CAST(NEW.ts / 3600 AS INTEGER) * 3600", "COALESCE(NEW.alias, '')", "COALESCE(NEW.cache, '')",
+HOURLY_KEY = ("CAST(NEW.ts / 3600 AS INTEGER) * 3600", "COALESCE(NEW.alias, '')", "COALESCE(NEW.cache, '')",
                "COALESCE(NEW.tier, '')")
 
 
@@ -65,13 +65,13 @@ def m050_requests_hourly(conn: sqlite3.Connection) -> None:
         f"""
         CREATE TRIGGER IF NOT EXISTS trg_requests_hourly AFTER INSERT ON requests WHEN NEW.ts IS NOT NULL BEGIN
             INSERT INTO requests_hourly (hour, alias, cache, tier, {cols})
-            VALUES ({', '.join(_HOURLY_KEY)}, {values})
+            VALUES ({', '.join(HOURLY_KEY)}, {values})
             ON CONFLICT (hour, alias, cache, tier) DO UPDATE SET {updates};
         END
         """
     )
     sums = ", ".join(f"COALESCE(SUM({e.replace('NEW.', '')}), 0)" for _, e in _HOURLY_TERMS)
-    key = ", ".join(k.replace("NEW.", "") for k in _HOURLY_KEY)
+    key = ", ".join(k.replace("NEW.", "") for k in HOURLY_KEY)
     conn.execute(
         f"""
         INSERT INTO requests_hourly (hour, alias, cache, tier, {cols})
@@ -90,7 +90,7 @@ def m051_request_filter_indexes(conn: sqlite3.Connection) -> None:
 
 # The cost issue's per-request columns (m011) as the rollups count them: what the upstream's prompt
 # cache saved, and its cached tokens on requests that made their own upstream call.
-_ROLLUP_TERMS = (*_HOURLY_TERMS,
+ROLLUP_TERMS = (*_HOURLY_TERMS,
                  ("prefix_saved", "COALESCE(NEW.prefix_saved, 0)"),
                  ("cached_tokens",
                   f"CASE WHEN {served_sql('NEW.cache')} THEN 0 ELSE COALESCE(NEW.cached_tokens, 0) END"))
@@ -98,10 +98,10 @@ _ROLLUP_TERMS = (*_HOURLY_TERMS,
 
 def _rollup_trigger(conn: sqlite3.Connection, table: str, bucket: str) -> None:
     """(Re)create the insert trigger that adds each request to ``table``'s row for its bucket."""
-    key = (bucket, *_HOURLY_KEY[1:])
-    cols = ", ".join(c for c, _ in _ROLLUP_TERMS)
-    values = ", ".join(f"COALESCE({e}, 0)" for _, e in _ROLLUP_TERMS)
-    updates = ", ".join(f"{c} = {c} + excluded.{c}" for c, _ in _ROLLUP_TERMS)
+    key = (bucket, *HOURLY_KEY[1:])
+    cols = ", ".join(c for c, _ in ROLLUP_TERMS)
+    values = ", ".join(f"COALESCE({e}, 0)" for _, e in ROLLUP_TERMS)
+    updates = ", ".join(f"{c} = {c} + excluded.{c}" for c, _ in ROLLUP_TERMS)
     first = "hour" if table == "requests_hourly" else "day"
     conn.execute(f"DROP TRIGGER IF EXISTS trg_{table}")
     conn.execute(
@@ -122,10 +122,10 @@ def m052_hourly_prefix_cache(conn: sqlite3.Connection) -> None:
     for col, kind in (("prefix_saved", "REAL"), ("cached_tokens", "INTEGER")):
         if col not in {row[1] for row in conn.execute("PRAGMA table_info(requests_hourly)")}:
             conn.execute(f"ALTER TABLE requests_hourly ADD COLUMN {col} {kind} NOT NULL DEFAULT 0")
-    _rollup_trigger(conn, "requests_hourly", _HOURLY_KEY[0])
-    cols = ", ".join(c for c, _ in _ROLLUP_TERMS)
-    sums = ", ".join(f"COALESCE(SUM({e.replace('NEW.', '')}), 0)" for _, e in _ROLLUP_TERMS)
-    key = ", ".join(k.replace("NEW.", "") for k in _HOURLY_KEY)
+    _rollup_trigger(conn, "requests_hourly", HOURLY_KEY[0])
+    cols = ", ".join(c for c, _ in ROLLUP_TERMS)
+    sums = ", ".join(f"COALESCE(SUM({e.replace('NEW.', '')}), 0)" for _, e in ROLLUP_TERMS)
+    key = ", ".join(k.replace("NEW.", "") for k in HOURLY_KEY)
     conn.execute("DELETE FROM requests_hourly")
     conn.execute(f"INSERT INTO requests_hourly (hour, alias, cache, tier, {cols}) "
                  f"SELECT {key}, {sums} FROM requests WHERE ts IS NOT NULL GROUP BY 1, 2, 3, 4")
@@ -150,7 +150,7 @@ def m053_requests_daily(conn: sqlite3.Connection) -> None:
         """
     )
     _rollup_trigger(conn, "requests_daily", "CAST(NEW.ts / 86400 AS INTEGER) * 86400")
-    cols = ", ".join(c for c, _ in _ROLLUP_TERMS)
+    cols = ", ".join(c for c, _ in ROLLUP_TERMS)
     conn.execute(f"INSERT INTO requests_daily (day, alias, cache, tier, {cols}) "
-                 f"SELECT hour / 86400 * 86400, alias, cache, tier, {', '.join(f'SUM({c})' for c, _ in _ROLLUP_TERMS)} "
+                 f"SELECT hour / 86400 * 86400, alias, cache, tier, {', '.join(f'SUM({c})' for c, _ in ROLLUP_TERMS)} "
                  "FROM requests_hourly GROUP BY 1, 2, 3, 4")
