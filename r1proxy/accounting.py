@@ -144,7 +144,8 @@ class Accounting:
         prompt, completion, reasoning = usage.prompt, usage.completion, usage.reasoning
         from_cache = served_from_cache(ctx.cache)
         # spent $0 when served from cache (a coalesced follower's answer was paid by its leader)
-        money = self.costing.figures(ctx.cache, usage, *self.costing.where(ctx.route, ctx.alias, ctx.upstream_model))
+        upstream, model = self.costing.where(ctx.route, ctx.alias, ctx.upstream_model)
+        money = self.costing.figures(ctx.cache, usage, upstream, model)
         cost, saved = money.spent, money.saved
         m = self.metrics
         m.request_done(ctx.alias or "-", ctx.status, ctx.cache, latency, ctx.ttfb, ctx.stream)
@@ -152,6 +153,9 @@ class Accounting:
             m.tokens(ctx.alias or "-", prompt, completion, reasoning, cached=from_cache)
         if not from_cache and (usage.cached or usage.cache_write or money.prefix_saved):
             m.prefix_cache(ctx.alias or "-", usage.cached, usage.cache_write, money.prefix_saved)
+            alias = ctx.alias or "-"  # an estimate is replaced by OpenRouter's figure later (generations.py)
+            self.costing.reconcile(money, upstream, ctx.generation_id, ctx.ts,
+                                   lambda diff: m.prefix_cache(alias, 0, 0, diff))
         if saved:
             m.cost_saved(saved)
         if cost:

@@ -9,7 +9,8 @@ that keeps both current. ``figures`` is the one rule for a request's money (docs
 - a request served from the cache (HIT, STALE, a coalesced follower) spent $0 and saved what the
   answer it got cost when it was bought (reported, or computed the same way);
 - the upstream's prompt cache saved ``cache_discount`` when reported, else cached tokens x
-  (prompt price - cache-read price); nothing when no price is known.
+  (prompt price - cache-read price); nothing when no price is known. Such an estimate on an
+  OpenRouter call is replaced later by OpenRouter's own figure (``reconcile``, generations.py).
 
 ``on_attempt`` sees every upstream attempt (the policy calls it) and counts ``:free`` calls.
 """
@@ -25,6 +26,7 @@ import aiohttp
 
 from .config import Config, ModelConfig
 from .db import Database
+from .generations import Generations, Pending
 from .openrouter import AccountWatch
 from .prices import Price, PriceBook, cost_of, prefix_saving
 from .quota import FreeQuota, is_free_model
@@ -43,6 +45,7 @@ class Money:
     saved: float = 0.0  # by the local cache (served from it)
     prefix_saved: float = 0.0  # by the upstream's prompt cache, on a call this request made
     source: str = ""  # REPORTED, COMPUTED, or "" when no figure is known
+    prefix_source: str = ""  # the same for prefix_saved (COMPUTED: an estimate from listed prices)
 
 
 NO_MONEY = Money()
@@ -57,6 +60,7 @@ class Costing:
         self.prices = PriceBook(config, db, now=now or time.time)
         self.quota = FreeQuota(db, now=now or time.time)
         self.watch = AccountWatch(config, session, self.prices, self.quota) if session is not None else None
+        self.generations = Generations(session, db) if session is not None else None
         self._deployments: dict[tuple[str, str], ModelConfig | None] = {}
         aliases = config.aliases()
         self._alias_first = {name: (deps[0].upstream, deps[0].model) for name, deps in aliases.items()}
@@ -74,6 +78,8 @@ class Costing:
     async def stop(self) -> None:
         if self.watch is not None:
             await self.watch.stop()
+        if self.generations is not None:
+            await self.generations.close()
 
     # -- prices ------------------------------------------------------------------------------
 
@@ -113,10 +119,23 @@ class Costing:
         if served_from_cache(cache):
             return Money(0.0, value, 0.0, source)
         if usage.cache_discount is not None:
-            prefix = usage.cache_discount
-        else:
+            prefix, prefix_source = usage.cache_discount, REPORTED
+        elif usage.cached:
             prefix = prefix_saving(price, usage.cached) if price is not None else 0.0
-        return Money(value, 0.0, prefix, source)
+            prefix_source = COMPUTED
+        else:
+            prefix, prefix_source = 0.0, ""
+        return Money(value, 0.0, prefix, source, prefix_source)
+
+    def reconcile(self, money: Money, upstream: str, generation_id: str, ts: float,
+                  correct: Callable[[float], None]) -> bool:
+        """After a call whose prompt-cache saving is an estimate: ask OpenRouter for its own figure
+        (generations.py), which then replaces the estimate. True when that was started."""
+        up = self.config.upstreams.get(upstream)
+        if (self.generations is None or money.prefix_source != COMPUTED or not generation_id
+                or up is None or not up.is_openrouter):
+            return False
+        return self.generations.want(Pending(up, generation_id, ts, money.prefix_saved, correct))
 
     # -- the free quota ----------------------------------------------------------------------
 

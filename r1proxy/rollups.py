@@ -107,6 +107,10 @@ def _fold_statements() -> tuple[str, ...]:
 
 _CREATE, _SCAN, *_UPSERTS = _fold_statements()
 _LAST_ID = "SELECT COALESCE(MAX(id), 0) FROM requests"
+# One row's contribution (parameter: its id), added or taken away: for amending a logged row.
+_ADD_ONE = _SCAN.replace("WHERE id > ?", "WHERE id = ?")
+_TAKE_ONE = _ADD_ONE.replace("SUM(COALESCE(", "-SUM(COALESCE(")
+AMENDABLE = ("prefix_saved",)  # columns set after the fact (generations.py: OpenRouter's own figure)
 
 
 def row_values(row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -135,4 +139,28 @@ def insert_requests(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> 
         conn.execute("RELEASE requests_batch")
         raise
     conn.execute("RELEASE requests_batch")
+    return n
+
+
+def amend_requests(conn: sqlite3.Connection, column: str, rows: Iterable[tuple[Any, int]]) -> int:
+    """Set ``column`` of logged requests, ``(value, id)`` each, and move every rollup with it, atomically
+    (the row's old contribution taken away, the new one added, in one SAVEPOINT). Returns rows changed."""
+    if column not in AMENDABLE:
+        raise ValueError(f"requests.{column} is not amendable")
+    update = f"UPDATE requests SET {column} = ? WHERE id = ?"
+    conn.execute("SAVEPOINT requests_amend")
+    n = 0
+    try:
+        conn.execute(_CREATE)
+        for value, rid in rows:
+            conn.execute(_TAKE_ONE, (rid,))
+            n += conn.execute(update, (value, rid)).rowcount
+            conn.execute(_ADD_ONE, (rid,))
+        for sql in _UPSERTS:
+            conn.execute(sql)
+    except BaseException:
+        conn.execute("ROLLBACK TO requests_amend")
+        conn.execute("RELEASE requests_amend")
+        raise
+    conn.execute("RELEASE requests_amend")
     return n

@@ -85,6 +85,8 @@ class Script:
     cached_tokens: int = 0               # prompt tokens read from the provider's prompt cache
     cache_write_tokens: int = 0          # prompt tokens written to it
     report_cost: bool = True             # False: usage without `cost` (a non-OpenRouter upstream)
+    cache_discount: float | None = None  # /generation's cache_discount when the serving provider's cache-read
+                                         # price is not the listed one (default: from the listed prices)
 
     def apply(self, overrides: dict[str, str]) -> Script:
         """A copy with marker overrides (strings) converted to each field's type."""
@@ -155,6 +157,7 @@ class FakeOpenRouter:
                                          "usage": 0.25, "usage_daily": 0.01, "is_free_tier": True,
                                          "rate_limit": {"requests": 20, "interval": "10s"}}
         self.generations: dict[str, dict[str, Any]] = {}
+        self.generation_404s = 0  # the next N GET /generation answer 404 (stats not ready yet, B.8)
         self.scripts: deque[Script] = deque()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -208,6 +211,9 @@ class FakeOpenRouter:
     async def _generation(self, request: web.Request) -> web.Response:
         self.info_calls.append(Call(request.method, request.path, dict(request.headers), None))
         gen = self.generations.get(request.query.get("id", ""))
+        if self.generation_404s > 0:
+            self.generation_404s -= 1
+            gen = None
         if gen is None:
             return self._error(404, "Generation not found")
         return web.json_response({"data": gen})
@@ -435,6 +441,8 @@ class Answer:
         """``GET /generation?id=`` data (B.8) for this answer."""
         prompt, ct, rt, cached, _write = self.tokens()
         cost, discount = self.costs()
+        if self.s.cache_discount is not None:
+            discount = self.s.cache_discount
         return {"id": self.gen_id, "total_cost": cost, "cache_discount": discount, "model": self.model,
                 "provider_name": self.s.provider, "tokens_prompt": prompt, "tokens_completion": ct,
                 "native_tokens_prompt": prompt, "native_tokens_completion": ct, "native_tokens_reasoning": rt,
