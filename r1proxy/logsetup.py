@@ -104,17 +104,37 @@ def _kv(value: Any) -> str:
 def access_line(fields: Mapping[str, Any]) -> str:
     """``k=v k=v`` for the redacted fields, in the order given; never contains a newline.
 
-    It runs once per request, so it goes in one pass over the fields rather than through ``redact``."""
+    It runs once per request, so the common value types take a short path: an int or float is
+    logged unless its name is dropped, a string's ``k=v`` text (the same rules) is cached per
+    (name, value): aliases, key names, outcomes and tiers repeat on every line."""
     parts = []
     for name, value in fields.items():
-        value = _clean(name, value)
-        if value is _SKIP:
-            continue
-        if type(value) is int or (type(value) is str and value and not _NEEDS_QUOTE.search(value)):
-            parts.append(f"{name}={value}")
-        else:
-            parts.append(f"{name}={_kv(value)}")
+        kind = type(value)
+        if kind is str:
+            piece = _str_piece(name, value)
+            if piece:
+                parts.append(piece)
+        elif kind is int or kind is float:
+            if _name_kind(name) != "drop":
+                parts.append(f"{name}={value}" if kind is int else f"{name}={_kv(value)}")
+        elif value is not None:
+            piece = _piece(name, value)
+            if piece:
+                parts.append(piece)
     return " ".join(parts)
+
+
+def _piece(name: str, value: Any) -> str:
+    """``name=value`` as it may be logged ("" when it may not): the rules of ``_clean``, then quoting."""
+    value = _clean(name, value)
+    if value is _SKIP:
+        return ""
+    if type(value) is int or (type(value) is str and value and not _NEEDS_QUOTE.search(value)):
+        return f"{name}={value}"
+    return f"{name}={_kv(value)}"
+
+
+_str_piece = functools.lru_cache(maxsize=4096)(_piece)  # str values only: hashable, and they repeat
 
 
 def _utc(created: float) -> str:

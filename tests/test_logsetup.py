@@ -9,8 +9,11 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from r1proxy.logsetup import REDACTED, access_line, journal_prefix, log_requests, redact, setup_logging
 
@@ -185,3 +188,40 @@ def test_no_prefix_off_the_journal(restore_loggers: None, tmp_path: Path) -> Non
 def test_journal_prefix_levels() -> None:
     assert [journal_prefix(lv) for lv in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR,
                                           logging.CRITICAL)] == ["<7>", "<6>", "<4>", "<3>", "<2>"]
+
+
+def _rule_line(fields: dict[str, Any]) -> str:
+    """The access line as the rules define it, field by field: ``redact`` decides what stays and
+    how it reads, then a value that would break ``k=v`` parsing is quoted (JSON string)."""
+    parts = []
+    for name, value in redact(fields).items():
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (
+                isinstance(value, str) and (not value or re.search(r'[\s="\\]|[^\x20-\x7e]', value))):
+            text = (("true" if value else "false") if isinstance(value, bool)
+                    else (format(value, ".6g") if value == value else "nan") if isinstance(value, float)
+                    else json.dumps(value, ensure_ascii=False) if isinstance(value, str)
+                    else json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+                    if isinstance(value, dict) else json.dumps(str(value), ensure_ascii=False))
+            parts.append(f"{name}={text}")
+        else:
+            parts.append(f"{name}={value}")
+    return " ".join(parts)
+
+
+_NAMES = st.sampled_from(["request_id", "key_name", "model", "status", "cache", "tier", "ms", "ttfb_ms", "tokens",
+                          "bytes", "route", "error", "api_key", "token", "prompt", "prompt_tokens", "Authorization",
+                          "content", "cache_key", "upstream_secret"])
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.just(""),
+    st.sampled_from(["HIT", "memory", "5000/700", "deepseek/deepseek-r1", "x y", 'q"uote', "new\nline", "é",
+                     SECRET, f"Bearer {SECRET}", "x" * 300, "a=b", "back\\slash"]),
+    st.text(max_size=40), st.dictionaries(st.sampled_from(["prompt", "n", "api_key"]), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=12))
+def test_the_access_lines_fast_path_says_what_the_rules_say(pairs: list[tuple[str, Any]]) -> None:
+    fields = dict(pairs)
+    assert access_line(fields) == _rule_line(fields)
+    assert access_line(fields) == _rule_line(fields)  # a cached piece reads the same the second time
