@@ -15,6 +15,7 @@ A row without ``ts`` is logged and counted in no rollup (it has no day or hour).
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -113,9 +114,15 @@ _TAKE_ONE = _ADD_ONE.replace("SUM(COALESCE(", "-SUM(COALESCE(")
 AMENDABLE = ("prefix_saved",)  # columns set after the fact (generations.py: OpenRouter's own figure)
 
 
+_ALL_COLUMNS = operator.itemgetter(*REQUEST_COLUMNS)
+
+
 def row_values(row: Mapping[str, Any]) -> tuple[Any, ...]:
     """A request row as ``INSERT``'s parameters: keys not in REQUEST_COLUMNS ignored, missing ones NULL."""
-    return tuple(row.get(c) for c in REQUEST_COLUMNS)
+    try:
+        return _ALL_COLUMNS(row)  # type: ignore[no-any-return]  # the accounting's rows have every column
+    except KeyError:
+        return tuple(row.get(c) for c in REQUEST_COLUMNS)
 
 
 def insert_requests(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> int:
