@@ -25,12 +25,12 @@ from typing import Any, Protocol
 import aiohttp
 
 from .balance import backoff_delay, retry_after_seconds
-from .completion import Assembler, Normalizer, not_cacheable
+from .completion import Assembler, Normalizer, dumps, not_cacheable
 from .config import RetryConfig, UpstreamConfig
 from .errors import ProxyError, explain_in_stream, from_upstream, in_stream_error
 from .route import FailedAttempt, Hooks, Outcome, Route, explain
 from .rules import NO_FALLBACK, RETRYABLE, final, is_daily_quota
-from .sse import DEFAULT_MAX_EVENT, EventTooLarge, SSEParser, comment_frame, data_frame
+from .sse import DEFAULT_MAX_EVENT, Event, EventTooLarge, SSEParser, comment_frame, data_frame
 from .upstream import UpstreamError, open_response, read_body, read_error, request_headers, response_headers, sse_json
 
 log = logging.getLogger("r1proxy")
@@ -49,9 +49,14 @@ class Flight:
         self.key = key
         self.stream = stream
         self.items: list[Any] = []  # normal-form chunk dicts, and bytes for comment frames
-        self.raw: dict[int, bytes] = {}  # item index -> upstream frame bytes, when normalising changed nothing
+        # item index -> the chunk's frame as the "field" reasoning mode sends it (the upstream's own bytes
+        # when normalising changed nothing), encoded once by the flight for every follower
+        self.frames: dict[int, bytes] = {}
         self.data_count = 0
         self.started = False  # upstream answered 200: followers may send headers
+        # the upstream's stream ended with [DONE] after data and without an error: followers end their
+        # clients' streams now; the answer is assembled (``result``) and judged for the cache after that
+        self.ended = False
         self.finished = False
         self.error: ProxyError | None = None
         self.error_in_stream = False  # the error was emitted as an item (after data)
@@ -221,48 +226,38 @@ class Flight:
         return None
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, up: UpstreamConfig) -> ProxyError | None:
+        """Relay the stream: each read's events become items (and frames) that followers write before
+        anything else is done with them; assembling the answer for the cache comes after that."""
         parser, norm, asm = SSEParser(self.max_event), Normalizer(), Assembler()
         self.started = True
         self._notify()
+        fed = 0  # items already given to the assembler
         try:
             async for data in resp.content.iter_any():
-                events = parser.feed(data)
-                if not events:
-                    continue
-                for ev in events:
-                    if ev.comment is not None:
-                        self.items.append(comment_frame(ev.comment))
-                        continue
-                    text = ev.data
-                    if text is None:
-                        continue
-                    if text == "[DONE]":
+                if asm.done:
+                    continue  # read to the end (the connection is reused); nothing after [DONE] is relayed
+                before = len(self.items)
+                for ev in parser.feed(data):
+                    had = self.data_count
+                    if self._event(ev, norm, up):
+                        self.ended = self.data_count > 0 and self.error is None
                         asm.done = True
-                        continue
-                    chunk = sse_json(text, up)
-                    if not isinstance(chunk, dict):
-                        continue  # never relay a non-JSON data line (openai-node would throw)
-                    edited = "error" in chunk
-                    if edited:  # the one field Roo shows: give it the status and metadata.raw
-                        chunk["error"] = explain_in_stream(chunk["error"])
-                    norm.chunk(chunk)
-                    asm.feed(chunk)
-                    if not norm.changed and not edited and "\n" not in text:  # a multi-line data field needs re-framing
-                        self.raw[len(self.items)] = data_frame(text.encode())
-                    self.items.append(chunk)
-                    self.data_count += 1
-                    if self.data_count == 1:
+                        break
+                    if had == 0 and self.data_count == 1:
                         # the first token goes out now, not after the rest of this read is processed
                         self._notify()
                         await asyncio.sleep(0)
-                    if edited:
-                        self.error, self.error_in_stream = in_stream_error(chunk["error"]), True
-                self._notify()
+                if len(self.items) > before or self.ended:
+                    self._notify()
+                    await asyncio.sleep(0)  # followers write these frames first
+                fed = self._assemble(asm, fed)
         except (aiohttp.ClientError, OSError, TimeoutError, EventTooLarge, UpstreamError) as e:
-            if not self.data_count:
-                return read_error(up, e)
-            self._fail(read_error(up, e))
-            return None
+            if not self.ended:
+                if not self.data_count:
+                    return read_error(up, e)
+                self._fail(read_error(up, e))
+                return None
+        self._assemble(asm, fed)
         if self.error is not None:
             return None
         if not asm.done:
@@ -274,6 +269,41 @@ class Flight:
         self.result = asm.completion()
         self.cacheable = not_cacheable(self.result) is None and not parser.invalid_utf8
         return None
+
+    def _event(self, ev: Event, norm: Normalizer, up: UpstreamConfig) -> bool:
+        """One upstream SSE event into ``items`` (normalised, framed once); True at ``[DONE]``."""
+        if ev.comment is not None:
+            self.items.append(comment_frame(ev.comment))
+            return False
+        text = ev.data
+        if text is None:
+            return False
+        if text == "[DONE]":
+            return True
+        chunk = sse_json(text, up)
+        if not isinstance(chunk, dict):
+            return False  # never relay a non-JSON data line (openai-node would throw)
+        edited = "error" in chunk
+        if edited:  # the one field Roo shows: give it the status and metadata.raw
+            chunk["error"] = explain_in_stream(chunk["error"])
+        norm.chunk(chunk)
+        # a multi-line data field needs re-framing
+        same = not norm.changed and not edited and "\n" not in text
+        self.frames[len(self.items)] = data_frame(text.encode() if same else dumps(chunk))
+        self.items.append(chunk)
+        self.data_count += 1
+        if edited:
+            self.error, self.error_in_stream = in_stream_error(chunk["error"]), True
+        return False
+
+    def _assemble(self, asm: Assembler, fed: int) -> int:
+        """Give the assembler the chunks it has not seen yet; the new count."""
+        items = self.items
+        for n in range(fed, len(items)):
+            item = items[n]
+            if not isinstance(item, bytes):
+                asm.feed(item)
+        return len(items)
 
 
 OnDone = Callable[[Flight], Awaitable[None]]

@@ -159,7 +159,7 @@ class StreamFollower:
         """Every item not yet sent, framed for this client's reasoning mode."""
         flight, rec = self.flight, self.rec
         items = flight.items
-        raw = flight.raw if self.mode == "field" else {}
+        frames = flight.frames if self.mode == "field" else {}
         out = []
         for n in range(self.sent, len(items)):
             item = items[n]
@@ -168,7 +168,7 @@ class StreamFollower:
                 continue
             if rec.ttfb is None:
                 rec.ttfb = self.clock.monotonic() - rec.t0
-            frame = raw.get(n)
+            frame = frames.get(n)
             if frame is None:
                 frame = sse.data_frame(dumps(self.renderer.chunk(item) if self.mode != "field" else item))
             out.append(frame)
@@ -182,6 +182,8 @@ class StreamFollower:
         while True:
             if self.resp is None and (flight.started or (flight.finished and flight.result is not None)):
                 await self._open()
+            if flight.ended and self.resp is not None:
+                return  # what is left goes out with [DONE], in one write
             if self.resp is not None and self.sent < len(flight.items):
                 await self._write(self._frames())
                 continue
@@ -202,6 +204,14 @@ class StreamFollower:
 
     async def _finish(self) -> web.StreamResponse | Stale:
         flight, rec = self.flight, self.rec
+        if flight.ended and self.resp is not None:
+            # the upstream's [DONE]: the client's stream ends now; the record waits for the assembled answer
+            await self._write(self._frames() + sse.DONE)
+            await self.resp.write_eof()
+            while not flight.finished:
+                await flight.wait(None)
+            take_outcome(rec, flight)
+            return self.resp
         take_outcome(rec, flight)
         if flight.result is not None and flight.data_count == 0 and flight.error is None:
             # a JSON reply (or a joined non-stream flight) followed by a streaming client: replay it
