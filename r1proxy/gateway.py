@@ -178,7 +178,8 @@ class Gateway:
 
     def _admit(self, key: KeyConfig) -> None:
         """Per-key rpm/tpm/parallel limits and daily budgets; raises a 429 when over."""
-        self.accounting.flush()  # usage must be current before it is judged
+        if key.tpm or key.daily_tokens or key.daily_usd:
+            self.accounting.flush()  # usage must be current before it is judged (rpm and parallel count here)
         if key.daily_tokens or key.daily_usd:
             now = self.clock.now()
             day = utc_day(now)

@@ -172,6 +172,33 @@ async def test_key_tpm_counts_upstream_usage(proxy: Any, fake_server: Any) -> No
     assert int(r.headers["Retry-After"]) >= 1
 
 
+@pytest.mark.parametrize("limits,settles", [({}, False), ({"rpm": 100, "max_parallel": 4}, False),
+                                             ({"tpm": 100_000}, True), ({"daily_tokens": 100_000}, True),
+                                             ({"daily_usd": 10.0}, True)])
+async def test_admission_settles_earlier_requests_only_for_usage_limits(
+        proxy: Any, fake_server: Any, monkeypatch: pytest.MonkeyPatch, limits: dict[str, Any],
+        settles: bool) -> None:
+    """tpm and daily budgets judge usage, so a miss's admission settles the accounting of finished
+    requests first; other keys leave it to the batch (the access line and log row stay off a miss's path)."""
+    import r1proxy.accounting
+
+    monkeypatch.setattr(r1proxy.accounting, "DELAY_S", 60.0)  # no timer flush during the test
+    client = await proxy(keys=key(**limits))
+    acct = gateway(client).accounting
+    settled: list[int] = []
+    real = acct.flush
+
+    def flush() -> None:
+        settled.append(len(acct._pending))
+        real()
+
+    monkeypatch.setattr(acct, "flush", flush)
+    assert (await post(client, body("first"))).status == 200
+    await until(lambda: acct._pending, "the first request's record")
+    assert (await post(client, body("second"))).status == 200
+    assert settled == ([0, 1] if settles else [])  # pending records at each admission
+
+
 async def test_daily_budget_survives_restart(aiohttp_client: Any, make_config: Any, fake_server: Any) -> None:
     from r1proxy.app import create_app
 
