@@ -17,8 +17,13 @@ OK_FINISH = frozenset({"stop", "length", "tool_calls"})
 OPEN, CLOSE = "<think>", "</think>"
 
 
+# one encoder: json.dumps with options builds a new JSONEncoder per call (a third of its cost per chunk)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON, as ``json.dumps(obj, ensure_ascii=False, separators=(",", ":"))``."""
+    return _ENCODER.encode(obj).encode()
 
 
 def fix_usage(usage: Any) -> bool:
