@@ -5,7 +5,9 @@ point-read connection for the cache's key lookups, and a writer connection on it
 Writes never block or fail a caller: ``submit()`` queues them and a single background task
 runs them in batches, each batch one transaction in ONE trip to the writer thread (an await
 per statement would make the writer crawl when the event loop is busy: every await waits for
-a full loop iteration); errors are counted in ``write_errors`` and logged once per state change (storage.py); a file
+a full loop iteration); while writes keep coming a batch starts at most every ``BATCH_INTERVAL_S``
+(one commit for several accounting batches; the first write after a pause, and awaited writes,
+go at once); errors are counted in ``write_errors`` and logged once per state change (storage.py); a file
 deleted or replaced while serving is noticed by a periodic (device, inode) check and reopened.
 A file that is not a database (or fails ``quick_check``, when the opener asks for it: the server
 does only after a failed background check, see integrity.py) is moved aside at open and a fresh
@@ -44,6 +46,8 @@ __all__ = ["Database", "DatabaseLocked", "DatabaseUnavailable", "move_aside"]
 log = logging.getLogger(__name__)
 
 Params = Sequence[Any]
+# The writer starts a batch at most this often while writes keep coming (each batch is a commit).
+BATCH_INTERVAL_S = 0.01
 # Writes a batch of parameter rows itself (on the writer thread, inside the batch's transaction);
 # returns a rowcount. For writes that are more than one statement, e.g. rollups.insert_requests.
 RowsWriter = Callable[[sqlite3.Connection, list[Params]], int]
@@ -79,6 +83,7 @@ class Database:
         self._errors = WriteHealth()
         self.reopens = 0  # times the file was found deleted or replaced and opened again
         self.watch_s = 2.0  # how often the file's identity (and a full disk) is checked
+        self.batch_interval_s = BATCH_INTERVAL_S
         self._busy_ms = 5000
         self._ident = file_id(path)
         self._closed = False
@@ -313,8 +318,16 @@ class Database:
             await ev.wait()
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = -self.batch_interval_s
         while True:
             batch = [await self._queue.get()]
+            # Under load, batches start at most every batch_interval_s: one commit (and one trip
+            # to the writer thread) for several accounting batches. After a pause, at once.
+            wait = last + self.batch_interval_s - loop.time()
+            if wait > 0 and batch[0].done is None and not self._closed:
+                await asyncio.sleep(wait)
+            last = loop.time()
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
