@@ -1,6 +1,6 @@
 """Wiring and lifecycle: ``create_app(config)`` builds the application; ``serve(config)`` runs it.
 
-Registers routes, the error middleware and one ``cleanup_ctx`` per resource in dependency
+Registers routes, the one middleware (edge.py: guard, errors) and one ``cleanup_ctx`` per resource in dependency
 order (HTTP session → database and cache → gateway), so teardown runs in reverse: in-flight
 streams finish (bounded by ``server.shutdown_timeout``), flights end, the cache writer is
 flushed and the WAL checkpointed. ``serve`` adds sd_notify readiness, the watchdog and status
@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import guard, integrity, redact, sdnotify, semantic, shutdown, statelock
+from . import edge, guard, integrity, redact, sdnotify, semantic, shutdown, statelock
 from .appkeys import CLOCK_KEY, CONFIG_KEY, GATEWAY_KEY, HTTP_SESSION_KEY, STORE_KEY
 from .cache import CacheTier, MemoryTier, NullCache, TieredCache
 from .cache.keys import KeyMaker
@@ -29,7 +29,7 @@ from .cache.zdict import Compression
 from .clock import Clock
 from .config import Config, ConfigError, load_config
 from .db import Database, DatabaseUnavailable
-from .errors import error_middleware, quiet_client_mistakes
+from .errors import quiet_client_mistakes
 from .gateway import Gateway
 from .handlers import setup_routes
 from .heartbeat import Heartbeat
@@ -48,7 +48,7 @@ def create_app(config: Config, clock: Clock | None = None, worker: WorkerRole | 
     redact.register(config.secrets())  # before anything can relay or log one
     quiet_client_mistakes()
     app = web.Application(client_max_size=config.server.max_request_bytes,
-                          middlewares=[error_middleware, guard.guard_middleware],
+                          middlewares=[edge.middleware(guard.Guard(config.server))],
                           handler_args={"max_field_size": 65536})
     app[CONFIG_KEY] = config
     app[CLOCK_KEY] = clock or Clock()

@@ -1,7 +1,8 @@
 """The one error shape: ``{"error": {"message", "type", "param", "code"}}``.
 
-Handlers raise ``ProxyError`` (or a subclass); ``error_middleware`` turns it into an
-OpenAI-shaped JSON response with the right status. Nothing else builds error bodies.
+Handlers raise ``ProxyError`` (or a subclass); ``error_reply`` (called by ``edge.py``'s middleware)
+turns it, or any other exception, into an OpenAI-shaped JSON response with the right status.
+Nothing else builds error bodies.
 """
 
 from __future__ import annotations
@@ -116,15 +117,14 @@ def from_upstream(status: int, payload: Any, upstream: str, headers: Mapping[str
     return ProxyError(status, msg, type=etype, code=code, metadata=meta, headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ProxyError as e:
+def error_reply(request: web.Request, e: Exception) -> web.StreamResponse:
+    """The reply for an exception a handler (or the guard) raised: OpenAI-shaped JSON with the right
+    status. Re-raises an ``HTTPException`` below 400 (a redirect is not an error)."""
+    if isinstance(e, ProxyError):
         return e.response()
-    except web.HTTPException as e:
+    if isinstance(e, web.HTTPException):
         if e.status < 400:
-            raise
+            raise e
         status = e.status
         if status == 404:
             msg = f"Unknown path {request.method} {request.path}"
@@ -136,23 +136,22 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             msg = e.reason or "HTTP error"
         headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
         return ProxyError(status, msg, headers=headers).response()
-    except web.RequestPayloadError as e:  # a body that cannot be decoded, or a client that left mid-body
+    if isinstance(e, web.RequestPayloadError):  # a body that cannot be decoded, or a client that left mid-body
         log.info("unreadable request body on %s %s: %s", request.method, request.path,
                  str(e).replace("\n", " ").strip())
         resp = ProxyError(400, f"Request body could not be read: {str(e).split(chr(10))[-1].strip()}").response()
         resp.force_close()  # the rest of the body is unreadable too: close after this reply...
         request.content.feed_eof()  # ...and aiohttp must not try to drain it (that raises again, unhandled)
         return resp
-    except ConnectionResetError:
+    if isinstance(e, ConnectionResetError):
         # not an error of ours: one line, no traceback (aiohttp would log this one at ERROR)
         log.info("client went away during %s %s", request.method, request.path)
         resp = ProxyError(400, "Client closed the connection").response()
         resp.force_close()
         request.content.feed_eof()
         return resp
-    except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
-        return ProxyError(500, "Internal error in r1proxy (see its log)", type="api_error").response()
+    log.error("internal error on %s %s", request.method, request.path, exc_info=e)
+    return ProxyError(500, "Internal error in r1proxy (see its log)", type="api_error").response()
 
 
 class _ClientMistakeFilter(logging.Filter):

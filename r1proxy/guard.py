@@ -1,6 +1,6 @@
 """The browser guard: no web page may spend the user's credit or read the proxy's replies.
 
-``guard_middleware`` runs before every handler:
+``Guard.check`` runs before every handler (``edge.py``'s middleware):
 
 - ``Host`` must be an IP literal, ``localhost`` (or ``*.localhost``), or a name listed in
   ``server.allowed_hosts``: a DNS-rebinding page reaches a loopback proxy under its own domain name.
@@ -17,11 +17,10 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 from aiohttp import web
 
-from .appkeys import CONFIG_KEY
+from .config import ServerConfig
 from .errors import ProxyError
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
@@ -31,6 +30,8 @@ ALLOW_HEADERS = ("Authorization, Content-Type, Cache-Control, X-Request-Id, X-Ap
                  "X-Stainless-Runtime, X-Stainless-Runtime-Version, X-Stainless-Retry-Count, X-Stainless-Timeout")
 EXPOSE_HEADERS = ("X-Cache, X-Cache-Key, X-Cache-Tier, X-Request-Id, X-R1proxy-Route, Age, Retry-After, "
                   "x-should-retry, X-Generation-Id")
+PREFLIGHT_HEADERS = {"Access-Control-Allow-Methods": ALLOW_METHODS, "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                     "Access-Control-Max-Age": "600"}
 FORM_PATHS = ("/ui/",)  # POSTs answered by HTML forms, not JSON
 _ORIGIN_OK = web.RequestKey("r1proxy_origin_ok", str)
 
@@ -73,36 +74,65 @@ def _is_json(content_type: str) -> bool:
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
-@web.middleware
-async def guard_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    server = request.app[CONFIG_KEY].server
-    if not host_allowed(request.headers.get("Host"), server.allowed_hosts):
-        raise ProxyError(403, "Host not allowed: r1proxy answers only loopback and IP addresses, localhost and "
-                              "the names in server.allowed_hosts (a guard against DNS rebinding)",
-                         code="host_not_allowed")
-    origin = request.headers.get("Origin")
-    if origin is not None:
-        if not origin_allowed(request, origin, server.cors_origins):
-            raise ProxyError(403, "Origin not allowed: add it to server.cors_origins to let a web page use r1proxy",
-                             code="origin_not_allowed")
-        request[_ORIGIN_OK] = origin
-    if request.method == "OPTIONS":
-        if origin is None or request.headers.get("Access-Control-Request-Method") is None:
-            raise ProxyError(405, f"Method OPTIONS is not allowed on {request.path}")
-        return web.Response(status=204, headers={"Access-Control-Allow-Methods": ALLOW_METHODS,
-                                                 "Access-Control-Allow-Headers": ALLOW_HEADERS,
-                                                 "Access-Control-Max-Age": "600"})
-    if request.method == "POST":
-        if request.content_length is not None and request.content_length > server.max_request_bytes:
-            raise ProxyError(413, "Request body too large (see server.max_request_mb)")
-        # the dashboard's HTML forms (r1proxy.ui) carry their own CSRF token and same-origin check
-        if not _is_json(request.headers.get("Content-Type", "")) and not request.path.startswith(FORM_PATHS):
-            raise ProxyError(415, "Content-Type must be application/json", code="unsupported_media_type")
-    return await handler(request)
+HOST_MEMO = 64  # distinct Host header values whose verdict is kept (cleared when full)
+
+
+class Guard:
+    """The checks above for one server config, the verdict per ``Host`` value memoised.
+
+    ``check`` does for a no-``Origin`` JSON POST on a known Host what it must and no more: a dict
+    lookup for the Host, an absent ``Origin``, the size and the content type."""
+
+    def __init__(self, server: ServerConfig) -> None:
+        self.allowed_hosts = server.allowed_hosts
+        self.cors_origins = server.cors_origins
+        self.max_request_bytes = server.max_request_bytes
+        self._hosts: dict[str, bool] = {}
+
+    def host_ok(self, host: str | None) -> bool:
+        if host is None:
+            return True
+        ok = self._hosts.get(host)
+        if ok is None:  # a pure function of the value and the config: memoised, bounded
+            ok = host_allowed(host, self.allowed_hosts)
+            if len(self._hosts) >= HOST_MEMO:
+                self._hosts.clear()
+            self._hosts[host] = ok
+        return ok
+
+    def check(self, request: web.Request) -> web.Response | None:
+        """Raises ``ProxyError`` for a request the guard refuses; a CORS preflight's reply; else None."""
+        headers = request.headers
+        if not self.host_ok(headers.get("Host")):
+            raise ProxyError(403, "Host not allowed: r1proxy answers only loopback and IP addresses, localhost "
+                                  "and the names in server.allowed_hosts (a guard against DNS rebinding)",
+                             code="host_not_allowed")
+        origin = headers.get("Origin")
+        if origin is not None:
+            if not origin_allowed(request, origin, self.cors_origins):
+                raise ProxyError(403, "Origin not allowed: add it to server.cors_origins to let a web page use "
+                                      "r1proxy", code="origin_not_allowed")
+            request[_ORIGIN_OK] = origin
+        method = request.method
+        if method == "POST":
+            length = request.content_length
+            if length is not None and length > self.max_request_bytes:
+                raise ProxyError(413, "Request body too large (see server.max_request_mb)")
+            ctype = headers.get("Content-Type", "")
+            # the dashboard's HTML forms (r1proxy.ui) carry their own CSRF token and same-origin check
+            if ctype != "application/json" and not _is_json(ctype) and not request.path.startswith(FORM_PATHS):
+                raise ProxyError(415, "Content-Type must be application/json", code="unsupported_media_type")
+        elif method == "OPTIONS":
+            if origin is None or headers.get("Access-Control-Request-Method") is None:
+                raise ProxyError(405, f"Method OPTIONS is not allowed on {request.path}")
+            return web.Response(status=204, headers=PREFLIGHT_HEADERS)
+        return None
 
 
 async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: Access-Control-* on every reply to an allowed cross-origin request."""
+    if request.headers.get("Origin") is None:  # the common case, without a KeyError inside request.get
+        return
     origin = request.get(_ORIGIN_OK)
     if origin is None:
         return

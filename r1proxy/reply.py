@@ -48,6 +48,9 @@ def headers_for(rec: RequestRecord, tier: str = "", age: float | None = None) ->
     return h
 
 
+JSON_TYPE = "application/json"
+
+
 def send_entry(rec: RequestRecord, entry: CacheEntry, tier: str, *, stream: bool, mode: str, label: str,
                now: float, cache: TieredCache, clock: Clock, hit_usage: str = "real") -> web.Response:
     """The whole reply from a stored entry, in the shape the client asked for."""
@@ -58,7 +61,7 @@ def send_entry(rec: RequestRecord, entry: CacheEntry, tier: str, *, stream: bool
         body = (render_sse(entry.completion, mode, hit_usage=hit_usage) if stream
                 else render_json(entry.completion, mode, cached=True, hit_usage=hit_usage))
         cache.note_rendered(entry, variant, body)
-    rec.usage = Usage.of_completion(entry.completion)
+    rec.usage = entry.usage()
     rec.cost_saved = entry.cost
     rec.provider = str(entry.completion.get("provider") or "")
     rec.ttfb = clock.monotonic() - rec.t0
@@ -68,8 +71,9 @@ def send_entry(rec: RequestRecord, entry: CacheEntry, tier: str, *, stream: bool
         headers["Warning"] = '110 r1proxy "Response is stale"'
     if stream:
         headers.update(sse.SSE_HEADERS)
-        return web.Response(body=body, headers=headers)
-    return web.Response(body=body, headers=headers, content_type="application/json")
+    else:
+        headers["Content-Type"] = JSON_TYPE  # what content_type= would set, without its checks
+    return web.Response(body=body, headers=headers)
 
 
 def follows_remote(rec: RequestRecord, flight: Flight) -> None:

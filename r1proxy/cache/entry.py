@@ -36,6 +36,7 @@ class CacheEntry:
     raw_bytes: int = 0
     # memory tier only: ready-to-send bodies keyed by render variant, filled lazily
     rendered: dict[Any, bytes] = field(default_factory=dict)
+    _usage: Usage | None = field(default=None, repr=False, compare=False)  # ``usage()``, parsed once
 
     @classmethod
     def from_completion(cls, key: str, doc: dict[str, Any], *, now: float, ttl: float, model: str,
@@ -49,6 +50,13 @@ class CacheEntry:
                    last_hit_at=now, preview_user=last_user_text(request)[:160],
                    preview_answer=str(msg.get("content") or "")[:160],
                    raw_bytes=len(dumps(doc)) + len(request))
+
+    def usage(self) -> Usage:
+        """The completion's ``Usage`` (what every hit reports), parsed on first use and kept."""
+        usage = self._usage
+        if usage is None:
+            usage = self._usage = Usage.of_completion(self.completion)
+        return usage
 
     def fresh(self, now: float) -> bool:
         return now < self.expires_at

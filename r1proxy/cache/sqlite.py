@@ -45,6 +45,8 @@ _GET = f"SELECT {', '.join(_COLUMNS)} FROM cache_entries WHERE key = ?"
 # a hit never needs the canonical request: leave that blob on disk (it is most of a row's bytes)
 _GET_HIT = f"SELECT {', '.join(_COLUMNS[:-1])}, NULL FROM cache_entries WHERE key = ?"
 _TOUCH = "UPDATE cache_entries SET hits = COALESCE(hits, 0) + 1, last_hit_at = ? WHERE key = ?"
+# a batch of hits: one UPDATE per distinct key (a hot entry hit 32 times is one row write, not 32)
+_TOUCH_N = "UPDATE cache_entries SET hits = COALESCE(hits, 0) + ?, last_hit_at = ? WHERE key = ?"
 _DELETE = "DELETE FROM cache_entries WHERE key = ?"
 _TOTALS = "SELECT entries, stored_bytes, raw_bytes FROM cache_totals WHERE id = 1"
 # Eviction batches: each one walks an index from its start (expires_at; last_hit_at = LRU first).
@@ -57,6 +59,15 @@ PURGE_BATCH = 5000  # rows per purge write
 _LIST_COLUMNS = ("key", "namespace", "model", "created_at", "last_hit_at", "hits", "expires_at",
                  "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost", "raw_bytes",
                  "stored_bytes", "preview_user", "preview_answer")
+
+
+def fold_hits(hits: Sequence[tuple[str, float]]) -> dict[str, tuple[int, float]]:
+    """{key: (number of hits, time of the last one in order)} for a batch of (key, time) hits."""
+    out: dict[str, tuple[int, float]] = {}
+    for key, now in hits:
+        seen = out.get(key)
+        out[key] = (seen[0] + 1 if seen is not None else 1, now)
+    return out
 
 
 class SqliteTier:
@@ -160,7 +171,9 @@ class SqliteTier:
         self.db.submit(_TOUCH, (now, key))
 
     async def touch_many(self, hits: Sequence[tuple[str, float]]) -> None:
-        self.db.submit_many(_TOUCH, [(now, key) for key, now in hits])
+        """Count every hit and keep the last time per key, writing one row update per distinct key."""
+        if hits:
+            self.db.submit_many(_TOUCH_N, [(n, now, key) for key, (n, now) in fold_hits(hits).items()])
 
     async def delete(self, key: str) -> bool:
         """True if a row was deleted; False when absent or the write failed (already logged)."""

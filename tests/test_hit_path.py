@@ -1,0 +1,105 @@
+"""The request path around a cache hit (#17): the one middleware, the memoised Host verdicts, the
+hit reply and the batched hit counts. Fast paths must decide exactly what the slow ones decided:
+a hit is no way around the browser guard, and a memoised verdict is one per Host value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from r1proxy.cache import CacheEntry
+from r1proxy.cache.sqlite import SqliteTier, fold_hits
+from r1proxy.config import ServerConfig
+from r1proxy.db import Database
+from r1proxy.guard import HOST_MEMO, Guard, host_allowed
+from r1proxy.usage import Usage
+
+CHAT = {"model": "deepseek-r1", "stream": False, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_a_memory_hit_is_no_way_around_the_guard(proxy: Any, fake_server: Any) -> None:
+    client = await proxy()
+    body = json.dumps(CHAT).encode()
+    for _ in range(2):
+        r = await client.post("/chat/completions", data=body, headers={"Content-Type": "application/json"})
+        assert r.status == 200
+    assert r.headers["X-Cache"] == "HIT" and r.headers["X-Cache-Tier"] == "memory"
+    assert r.headers["Content-Type"] == "application/json"
+    assert "Access-Control-Allow-Origin" not in r.headers
+    refused = [
+        ({"Content-Type": "application/json", "Host": "evil.example:4000"}, 403, "host_not_allowed"),
+        ({"Content-Type": "application/json", "Origin": "https://evil.example"}, 403, "origin_not_allowed"),
+        ({"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        ({"Content-Type": "application/json", "Host": "127.0.0.1.evil.example"}, 403, "host_not_allowed"),
+    ]
+    for _ in range(2):  # the second time each Host verdict comes from the memo
+        for headers, status, code in refused:
+            r = await client.post("/chat/completions", data=body, headers=headers)
+            assert r.status == status, headers
+            assert (await r.json())["error"]["code"] == code
+            assert "Access-Control-Allow-Origin" not in r.headers and "X-Cache" not in r.headers
+        r = await client.post("/chat/completions", data=body, headers={"Content-Type": "application/json"})
+        assert r.status == 200 and r.headers["X-Cache"] == "HIT"
+    assert len(fake_server.calls) == 1
+
+
+async def test_errors_keep_their_shape_through_the_one_middleware(proxy: Any, fake_server: Any) -> None:
+    client = await proxy()
+    r = await client.get("/nowhere")
+    assert r.status == 404 and (await r.json())["error"]["message"] == "Unknown path GET /nowhere"
+    r = await client.get("/chat/completions")
+    assert r.status == 405 and "POST" in r.headers["Allow"]
+    r = await client.options("/chat/completions")  # no Origin: not a preflight
+    assert r.status == 405 and (await r.json())["error"]["type"] == "invalid_request_error"
+
+
+def test_host_verdicts_are_memoised_per_value_and_bounded() -> None:
+    guard = Guard(ServerConfig(allowed_hosts=("r1proxy.lan",)))
+    hosts = ["127.0.0.1:4000", "localhost", "evil.example", "r1proxy.lan:80", "R1PROXY.LAN", "[::1]:9",
+             "a.localhost", "localhost.evil.example", "10.0.0.1", "r1proxy.lan.evil.example"]
+    for _ in range(3):
+        for host in hosts:
+            assert guard.host_ok(host) == host_allowed(host, ("r1proxy.lan",)), host
+    assert guard.host_ok(None)  # HTTP/1.0 without Host, as before
+    for i in range(HOST_MEMO * 3):  # many distinct values: the memo stays bounded, verdicts stay right
+        assert not guard.host_ok(f"evil{i}.example")
+        assert guard.host_ok(f"127.0.0.{i % 250}")
+    assert len(guard._hosts) <= HOST_MEMO
+    assert not guard.host_ok("evil.example") and guard.host_ok("localhost")
+
+
+def test_a_batch_of_hits_is_one_row_update_per_key() -> None:
+    hits = [("v1:a", 1.0), ("v1:b", 2.0), ("v1:a", 3.0), ("v1:a", 2.5)]
+    assert fold_hits(hits) == {"v1:a": (3, 2.5), "v1:b": (1, 2.0)}  # the count, and the last time in order
+
+
+async def test_touch_many_writes_one_row_per_distinct_key(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "c.db")
+    try:
+        tier = SqliteTier(db)
+        await tier.put(CacheEntry(key="v1:a", completion={"choices": []}, created_at=1.0, expires_at=9e9))
+        await db.flush()
+        sent: list[list[Any]] = []
+        submit_many = db.submit_many
+
+        def spy(sql: str, rows: Any) -> int:
+            sent.append(list(rows))
+            return submit_many(sql, sent[-1])
+        db.submit_many = spy  # type: ignore[method-assign]
+        await tier.touch_many([("v1:a", float(i)) for i in range(32)])
+        await db.flush()
+        assert [len(rows) for rows in sent] == [1]
+        got = await tier.get("v1:a")
+        assert got is not None and (got.hits, got.last_hit_at) == (32, 31.0)
+    finally:
+        await db.close()
+
+
+def test_an_entry_parses_its_usage_once() -> None:
+    doc = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5, "cost": 0.25,
+                                    "completion_tokens_details": {"reasoning_tokens": 2}}}
+    entry = CacheEntry(key="v1:u", completion=doc, created_at=1.0, expires_at=2.0)
+    assert entry.usage() == Usage.of_completion(doc)
+    assert entry.usage() is entry.usage()
+    assert CacheEntry(key="v1:n", completion={}, created_at=1.0, expires_at=2.0).usage() == Usage()
