@@ -54,7 +54,6 @@ def create_app(config: Config, clock: Clock | None = None, worker: WorkerRole | 
     app[CLOCK_KEY] = clock or Clock()
     app[WORKER_KEY] = worker
     setup_routes(app)
-    guard.setup(app)
     setup_ui(app)
     app.cleanup_ctx.append(http_session_ctx)
     app.cleanup_ctx.append(store_ctx)

@@ -9,9 +9,8 @@
 - A POST must declare ``Content-Type: application/json`` (415): a browser can send ``text/plain``
   cross-origin without a preflight, never ``application/json``. A body over the size limit is
   a 413 first. The dashboard's forms under ``/ui/`` are exempt: each carries a CSRF token.
-- ``OPTIONS`` from an allowed origin is a CORS preflight answered here; ``cors_headers``
-  (an ``on_response_prepare`` hook, so streamed replies get them too) adds ``Access-Control-*``
-  to the replies of allowed cross-origin requests.
+- ``OPTIONS`` from an allowed origin is a CORS preflight answered here; ``cors_headers`` adds
+  ``Access-Control-*`` to the replies of allowed cross-origin requests (streamed ones too).
 """
 
 from __future__ import annotations
@@ -129,8 +128,11 @@ class Guard:
         return None
 
 
-async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: Access-Control-* on every reply to an allowed cross-origin request."""
+def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Access-Control-* on a reply to an allowed cross-origin request, before it is prepared: the edge
+    middleware calls it for every reply it returns or raises, ``reply.StreamFollower`` before it opens
+    a stream (the only reply prepared inside a handler). Not an ``on_response_prepare`` hook: that
+    signal costs every request a coroutine, and most requests carry no ``Origin``."""
     if request.headers.get("Origin") is None:  # the common case, without a KeyError inside request.get
         return
     origin = request.get(_ORIGIN_OK)
@@ -141,6 +143,3 @@ async def cors_headers(request: web.Request, response: web.StreamResponse) -> No
     vary = response.headers.get("Vary")
     response.headers["Vary"] = f"{vary}, Origin" if vary else "Origin"
 
-
-def setup(app: web.Application) -> None:
-    app.on_response_prepare.append(cors_headers)

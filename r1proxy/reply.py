@@ -22,6 +22,7 @@ from .completion import Renderer, dumps, render_json, render_sse
 from .config import StreamConfig
 from .errors import ProxyError
 from .flight import Flight
+from .guard import cors_headers
 from .rules import COALESCED, MISS, STALE
 from .usage import Usage
 
@@ -150,6 +151,7 @@ class StreamFollower:
         headers.update(self.flight.headers)
         headers.update(sse.SSE_HEADERS)
         resp = web.StreamResponse(status=200, headers=headers)
+        cors_headers(self.request, resp)  # before prepare: no on_response_prepare hook does it (edge.py)
         await resp.prepare(self.request)
         self.resp = resp
         return resp

@@ -103,3 +103,42 @@ def test_an_entry_parses_its_usage_once() -> None:
     assert entry.usage() == Usage.of_completion(doc)
     assert entry.usage() is entry.usage()
     assert CacheEntry(key="v1:n", completion={}, created_at=1.0, expires_at=2.0).usage() == Usage()
+
+
+PAGE = "http://localhost:5173"
+
+
+async def test_cors_headers_reach_every_reply_to_an_allowed_origin(proxy: Any, fake_server: Any) -> None:
+    client = await proxy(server={"cors_origins": [PAGE]})
+    for _ in range(2):  # a miss, then a memory hit
+        r = await client.post("/chat/completions", json=CHAT, headers={"Origin": PAGE})
+        assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == PAGE
+        assert r.headers["Vary"] == "Origin" and "X-Cache" in r.headers["Access-Control-Expose-Headers"]
+    assert r.headers["X-Cache"] == "HIT"
+    body = json.dumps(CHAT).encode()
+    r = await client.post("/chat/completions", data=body, headers={"Origin": PAGE, "Content-Type": "text/plain"})
+    assert r.status == 415 and r.headers["Access-Control-Allow-Origin"] == PAGE  # the page may read why
+    r = await client.get("/nowhere", headers={"Origin": PAGE})
+    assert r.status == 404 and r.headers["Access-Control-Allow-Origin"] == PAGE
+    r = await client.post("/chat/completions", json=CHAT)
+    assert r.status == 200 and "Access-Control-Allow-Origin" not in r.headers and "Vary" not in r.headers
+    r = await client.post("/chat/completions", json=CHAT, headers={"Origin": "http://other.example"})
+    assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_a_raised_redirect_keeps_its_cors_headers(aiohttp_client: Any) -> None:
+    from aiohttp import web
+
+    from r1proxy import edge
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/elsewhere")
+
+    app = web.Application(middlewares=[edge.middleware(Guard(ServerConfig(cors_origins=(PAGE,))))])
+    app.router.add_get("/moved", moved)
+    client = await aiohttp_client(app)
+    r = await client.get("/moved", headers={"Origin": PAGE}, allow_redirects=False)
+    assert r.status == 302 and r.headers["Location"] == "/elsewhere"
+    assert r.headers["Access-Control-Allow-Origin"] == PAGE
+    r = await client.get("/moved", allow_redirects=False)
+    assert r.status == 302 and "Access-Control-Allow-Origin" not in r.headers
