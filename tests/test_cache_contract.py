@@ -44,7 +44,7 @@ async def tut(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[T
     db = await Database.open(tmp_path / "state" / "r1proxy.db")
     tier = SqliteTier(db, max_bytes=64 * 1024 * 1024, stale_if_error=3600)
     try:
-        yield TierUnderTest(tier, db.flush)
+        yield TierUnderTest(tier, tier.settle)
     finally:
         await tier.close()
         await db.close()
@@ -204,7 +204,7 @@ async def test_tiered_cache_promotes_slow_hits(tmp_path: Path) -> None:
         await cache.put(make_entry("v1:both"))
         cache.touch_nowait("v1:both", 1234.0)  # memory now; the slower tiers in a batch later
         await cache.touch_slow([("v1:both", 1234.0)])
-        await db.flush()
+        await slow.settle()  # hit counts wait in memory for up to a second (SqliteTier.TOUCH_DELAY_S)
         assert [s.entries for s in await cache.stats()] == [2, 2]
         row = await db.fetchone("SELECT hits, last_hit_at FROM cache_entries WHERE key = 'v1:both'")
         assert tuple(row or ()) == (1, 1234.0)

@@ -72,9 +72,10 @@ def test_host_verdicts_are_memoised_per_value_and_bounded() -> None:
 def test_a_batch_of_hits_is_one_row_update_per_key() -> None:
     hits = [("v1:a", 1.0), ("v1:b", 2.0), ("v1:a", 3.0), ("v1:a", 2.5)]
     assert fold_hits(hits) == {"v1:a": (3, 2.5), "v1:b": (1, 2.0)}  # the count, and the last time in order
+    assert fold_hits([("v1:b", 4.0)], fold_hits(hits)) == {"v1:a": (3, 2.5), "v1:b": (2, 4.0)}
 
 
-async def test_touch_many_writes_one_row_per_distinct_key(tmp_path: Path) -> None:
+async def test_hit_counts_are_one_row_update_per_key_a_second(tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "c.db")
     try:
         tier = SqliteTier(db)
@@ -87,11 +88,24 @@ async def test_touch_many_writes_one_row_per_distinct_key(tmp_path: Path) -> Non
             sent.append(list(rows))
             return submit_many(sql, sent[-1])
         db.submit_many = spy  # type: ignore[method-assign]
-        await tier.touch_many([("v1:a", float(i)) for i in range(32)])
+        for i in range(4):  # four accounting batches of 8 hits
+            await tier.touch_many([("v1:a", float(i * 8 + j)) for j in range(8)])
         await db.flush()
+        assert sent == []  # counted in memory, not yet written
+        await tier.settle()
         assert [len(rows) for rows in sent] == [1]
         got = await tier.get("v1:a")
         assert got is not None and (got.hits, got.last_hit_at) == (32, 31.0)
+        await tier.touch_many([("v1:a", 40.0)])
+        await tier.put(CacheEntry(key="v1:a", completion={"choices": []}, created_at=41.0, expires_at=9e9))
+        await tier.settle()  # a replaced row starts again from the new entry's count
+        got = await tier.get("v1:a")
+        assert got is not None and got.hits == 0
+        await tier.touch_many([("v1:a", 50.0)])
+        await tier.close()  # counted hits are written before the tier lets go
+        await db.flush()
+        row = await db.fetchone("SELECT hits, last_hit_at FROM cache_entries WHERE key = 'v1:a'")
+        assert row == (1, 50.0)
     finally:
         await db.close()
 

@@ -2,7 +2,8 @@
 
 Metadata sits in plain columns; the completion (compact JSON) and the canonical request are
 zstd blobs, compressed with the trained dictionary set the row names in ``dict_id`` (0 = none;
-see ``zdict``). Writes (put, touch) are queued on the database writer and never fail a caller;
+see ``zdict``). Writes (put, touch) are queued on the database writer and never fail a caller
+(batched hit counts wait up to ``TOUCH_DELAY_S`` in memory first, one row update per key);
 reads that hit a damaged row log it, drop the row and report a miss. Sizes come from the
 ``cache_totals`` row the schema's triggers keep (no SUM over the table while serving).
 Eviction (expired past the stale window, then least recently used down to 90% of the byte cap)
@@ -61,9 +62,13 @@ _LIST_COLUMNS = ("key", "namespace", "model", "created_at", "last_hit_at", "hits
                  "stored_bytes", "preview_user", "preview_answer")
 
 
-def fold_hits(hits: Sequence[tuple[str, float]]) -> dict[str, tuple[int, float]]:
-    """{key: (number of hits, time of the last one in order)} for a batch of (key, time) hits."""
-    out: dict[str, tuple[int, float]] = {}
+TOUCH_DELAY_S = 1.0  # hit counts wait this long in memory: one write a second carries all of them
+
+
+def fold_hits(hits: Sequence[tuple[str, float]],
+              into: dict[str, tuple[int, float]] | None = None) -> dict[str, tuple[int, float]]:
+    """{key: (number of hits, time of the last one in order)} for (key, time) hits, added to ``into``."""
+    out: dict[str, tuple[int, float]] = {} if into is None else into
     for key, now in hits:
         seen = out.get(key)
         out[key] = (seen[0] + 1 if seen is not None else 1, now)
@@ -94,6 +99,8 @@ class SqliteTier:
         self._pending: dict[str, tuple[CacheEntry, int]] = {}  # put, row maybe not committed yet (write seq)
         self._settling: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._touches: dict[str, tuple[int, float]] = {}  # hits counted, not yet queued (write_touches)
+        self._touch_timer: asyncio.TimerHandle | None = None
         self.disabled = ""  # why the tier is off (a failed integrity check): then it finds and keeps nothing
 
     def start(self, interval: float = 2.0) -> None:
@@ -161,6 +168,7 @@ class SqliteTier:
             return
         seq = self.db.submit(_PUT, self._encode(entry))
         self._pending[entry.key] = (entry, seq)
+        self._touches.pop(entry.key, None)  # the row is replaced, hits and all (as if they were written first)
         if self._settling is None or self._settling.done():
             self._settling = asyncio.get_running_loop().create_task(self._settle())
         self._puts_since_evict += 1
@@ -171,13 +179,33 @@ class SqliteTier:
         self.db.submit(_TOUCH, (now, key))
 
     async def touch_many(self, hits: Sequence[tuple[str, float]]) -> None:
-        """Count every hit and keep the last time per key, writing one row update per distinct key."""
-        if hits:
-            self.db.submit_many(_TOUCH_N, [(n, now, key) for key, (n, now) in fold_hits(hits).items()])
+        """Count the hits (key, time) in memory; within ``TOUCH_DELAY_S`` they are one row update per
+        distinct key (hits += n, last_hit_at = the last time in order): a hot entry costs the disk
+        one write a second, not one per hit (each rewrites the row and its last_hit_at index entry)."""
+        if not hits or self.disabled:
+            return
+        fold_hits(hits, self._touches)
+        if self._touch_timer is None:
+            self._touch_timer = asyncio.get_running_loop().call_later(TOUCH_DELAY_S, self.write_touches)
+
+    def write_touches(self) -> None:
+        """Queue the counted hits now (also before an eviction reads last_hit_at, on close, in settle)."""
+        if self._touch_timer is not None:
+            self._touch_timer.cancel()
+            self._touch_timer = None
+        touches, self._touches = self._touches, {}
+        if touches and not self.disabled and not self.db.closed:
+            self.db.submit_many(_TOUCH_N, [(n, now, key) for key, (n, now) in touches.items()])
+
+    async def settle(self) -> None:
+        """Wait until every write so far, counted hits included, is visible to ``get``."""
+        self.write_touches()
+        await self.db.flush()
 
     async def delete(self, key: str) -> bool:
         """True if a row was deleted; False when absent or the write failed (already logged)."""
         self._pending.pop(key, None)  # its queued INSERT runs before this DELETE (one FIFO writer)
+        self._touches.pop(key, None)
         try:
             return await self.db.execute(_DELETE, (key,)) > 0
         except sqlite3.Error:
@@ -203,6 +231,7 @@ class SqliteTier:
         writes interleave and memory stays flat. Returns the number of rows deleted. Raises
         sqlite3.Error on failure.
         """
+        self.write_touches()  # least recently used by the hits counted so far
         now = self._clock() if now is None else now
         n = 0
         while not self.db.closed:
@@ -267,7 +296,9 @@ class SqliteTier:
             last = row[0]
 
     async def close(self) -> None:
-        """Stop tracking queued puts, wait for a running eviction; leaves the Database open (its owner closes it)."""
+        """Queue the counted hits, stop tracking queued puts, wait for a running eviction; leaves the
+        Database open (its owner closes it)."""
+        self.write_touches()
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
