@@ -2,8 +2,8 @@
 
 ``UiData`` opens ``r1proxy.db`` with ``mode=ro`` on one private thread, so a dashboard query can
 never write, never hold the cache writer's lock, and never runs on the event loop. The overview
-reads only ``requests_daily`` and ``requests_hourly`` (kept by triggers on every request-log insert,
-m050-m053);
+reads only ``requests_daily`` and ``requests_hourly`` (kept on write with every request-log batch by
+rollups.py, m050-m053, m060);
 the request browser pages by id (keyset) over the indexes of m051. New request-log columns
 (e.g. the cost issue's) are adopted here and nowhere else in ``r1proxy.ui``.
 Times are Unix seconds; days and hours are UTC.
