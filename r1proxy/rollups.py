@@ -9,7 +9,7 @@ a failed statement never leaves the rollups counting rows the log lacks, or the 
 
 Until m060 each rollup was an AFTER INSERT trigger, i.e. three upserts per logged request; the
 per-row expressions are still the ones those migrations defined (``ROLLUPS`` is built from them),
-now summed over the batch's new rows (``id > MAX(id)`` before the insert, under the write lock).
+now summed over the batch's new rows (the ``n`` ids up to ``last_insert_rowid()``, under the write lock).
 A row without ``ts`` is logged and counted in no rollup (it has no day or hour).
 """
 
@@ -107,7 +107,7 @@ def _fold_statements() -> tuple[str, ...]:
 
 
 _CREATE, _SCAN, *_UPSERTS = _fold_statements()
-_LAST_ID = "SELECT COALESCE(MAX(id), 0) FROM requests"
+_LAST_INSERTED = "SELECT last_insert_rowid()"
 # One row's contribution (parameter: its id), added or taken away: for amending a logged row.
 _ADD_ONE = _SCAN.replace("WHERE id > ?", "WHERE id = ?")
 _TAKE_ONE = _ADD_ONE.replace("SUM(COALESCE(", "-SUM(COALESCE(")
@@ -132,13 +132,16 @@ def insert_requests(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> 
     of the batch stays and the error is raised. Returns the number of rows inserted."""
     conn.execute("SAVEPOINT requests_batch")
     try:
-        last = conn.execute(_LAST_ID).fetchone()[0]
+        # Write first, read after: a read before the first write would take a snapshot that another
+        # process's commit can make stale, and the write would then fail (SQLITE_BUSY_SNAPSHOT).
         cur = conn.executemany(INSERT, rows)
         n = cur.rowcount
         cur.close()
         if n:
+            # the batch's rows are the n ids up to the last one (each new id is the table's max + 1)
+            last = conn.execute(_LAST_INSERTED).fetchone()[0]
             conn.execute(_CREATE)
-            conn.execute(_SCAN, (last,))
+            conn.execute(_SCAN, (last - n,))
             for sql in _UPSERTS:
                 conn.execute(sql)
     except BaseException:

@@ -206,3 +206,35 @@ async def test_the_writer_puts_rows_and_rollups_in_one_transaction(tmp_path: Pat
     conn = sqlite3.connect(tmp_path / "r1proxy.db")
     assert_rollups_match_log(conn)
     conn.close()
+
+
+class _Racy(sqlite3.Connection):
+    """Lets another process commit a request right after this connection's first read in a batch."""
+
+    other: Path | None = None
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        cur = super().execute(sql, *args)
+        if self.other is not None and sql.lstrip().upper().startswith("SELECT"):
+            other, self.other = self.other, None
+            rival = sqlite3.connect(other, timeout=0, isolation_level=None)
+            try:
+                insert_requests(rival, [row_values({"ts": T0 + 99, "cache": "MISS"})])
+            except sqlite3.OperationalError:
+                pass  # locked: this connection already holds the write lock, as it should
+            finally:
+                rival.close()
+        return cur
+
+
+def test_a_batch_holds_the_write_lock_before_it_reads(tmp_path: Path) -> None:
+    """Two processes log into one file (server.workers): a batch must not read (a snapshot) before
+    it writes, or another process's commit in between fails the whole batch (SQLITE_BUSY_SNAPSHOT)."""
+    path = tmp_path / "r.db"
+    _fresh(path).close()
+    conn = sqlite3.connect(path, isolation_level=None, factory=_Racy)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.other = path
+    insert_requests(conn, [row_values({"ts": T0 + i, "cache": "HIT"}) for i in range(3)])
+    assert_rollups_match_log(conn)
+    conn.close()
