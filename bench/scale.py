@@ -26,6 +26,7 @@ from bench.procs import BenchError, Server, Servers, free_port, request, rss_kib
 from bench.report import Report, Row, med, pct, verdict
 from bench.scale_build import build
 from bench.targets import proxy_config
+from r1proxy.cache.sqlite import PURGE_BATCH
 
 BIG_CAP_MB = 1_000_000  # no eviction while measuring the rest
 MIB = 1024 * 1024
@@ -196,7 +197,7 @@ def _disk_hit_and_purge(servers: Servers, report: Report, fake: Server, state: P
     purged = out.stdout.strip().split(" ")[1] if out.stdout.startswith("purged") else out.stderr.strip()[-200:]
     report.add(Row(f"[{label}] cache purge --older-than 3d, s", f"{purge_s:.1f}", target="≤ 5 s",
                    verdict=verdict(purge_s <= 5.0 and out.returncode == 0),
-                   note=f"{purged} rows, batches of 5,000; the whole command (incl. Python start)"))
+                   note=f"{purged} rows, batches of ≤ {PURGE_BATCH:,}; the whole command (incl. Python start)"))
     if during:
         report.add(Row(f"[{label}] disk hits during the purge: p50 / p99 / max ms",
                        f"{med(during):.2f} / {pct(during, 99):.1f} / {max(during):.1f}",

@@ -9,8 +9,9 @@ reads that hit a damaged row log it, drop the row and report a miss. Sizes come 
 Eviction (expired past the stale window, then least recently used down to 90% of the byte cap)
 deletes in small batches, each its own write between the others; it runs in the background
 every ``evict_every`` puts and every few seconds once ``start()`` was called (so a lowered cap
-takes effect at once), and on demand via ``evict(now)``. ``purge`` deletes in batches too,
-walking the table by rowid, so neither ever holds the write lock for long. A put is visible to
+takes effect at once), and on demand via ``evict(now)``. ``purge`` deletes in batches too
+(larger ones, with the WAL checkpointed less often while it runs), walking the table by rowid, so
+neither holds the write lock for long. A put is visible to
 ``get`` at once: until its row is committed the entry is served from a small pending map (with
 the memory tier off, or an entry too big for it, an immediate repeat would miss otherwise). The
 tier does not own the ``Database``: whoever opened it closes it.
@@ -56,7 +57,17 @@ _DELETE_EXPIRED = ("DELETE FROM cache_entries WHERE rowid IN "
 _DELETE_LRU = ("DELETE FROM cache_entries WHERE rowid IN "
                "(SELECT rowid FROM cache_entries ORDER BY last_hit_at LIMIT ?)")
 EVICT_BATCH = 500  # rows per eviction write (~2.5 MB of typical entries)
-PURGE_BATCH = 5000  # rows per purge write
+# Rows per purge write. Each batch dirties most leaf pages of the key index (keys are hashes, so a
+# batch of old rows is spread over all of it) and every batch writes those pages to the WAL again:
+# fewer, larger batches are what makes a purge fast (500k of 1M rows, bench/ANALYSIS.md: batches
+# of 5,000 took 25 s, of 50,000 8-11 s with the worst batch 0.6-1.8 s; key order instead of rowid
+# order: 22 s). Reads never wait for a batch (WAL); the server's writes queue behind it.
+PURGE_BATCH = 50_000
+# During a purge the WAL is checkpointed once it holds this many pages (256 MiB) instead of after
+# every batch: the pages a batch rewrites (the key index's) are copied into the file once per
+# checkpoint, not once per batch. SQLite's default (1000 pages) is restored afterwards.
+_PURGE_AUTOCHECKPOINT = 65536
+_DEFAULT_AUTOCHECKPOINT = 1000  # SQLite's own; dbfile sets none
 _LIST_COLUMNS = ("key", "namespace", "model", "created_at", "last_hit_at", "hits", "expires_at",
                  "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost", "raw_bytes",
                  "stored_bytes", "preview_user", "preview_answer")
@@ -286,14 +297,21 @@ class SqliteTier:
         upto = (f"SELECT MAX(rowid) FROM (SELECT rowid FROM cache_entries WHERE rowid > ?{where} "
                 "ORDER BY rowid LIMIT ?)")
         delete = f"DELETE FROM cache_entries WHERE rowid > ? AND rowid <= ?{where}"
-        await self.db.flush()  # the batches are found by reads: puts queued before this must have landed
-        n, last = 0, 0
-        while True:  # walk the table by rowid: each batch starts where the last one ended
-            row = await self.db.fetchone(upto, (last, *params, PURGE_BATCH))
-            if row is None or row[0] is None:
-                return n
-            n += await self.db.execute(delete, (last, row[0], *params))
-            last = row[0]
+        # The batches are found by reads, so puts queued before this must have landed: awaiting a
+        # write on the FIFO writer waits for exactly those (not for the queue to be empty, which
+        # under a steady stream of writes it never is).
+        await self.db.execute(f"PRAGMA wal_autocheckpoint = {_PURGE_AUTOCHECKPOINT}")
+        try:
+            n, last = 0, 0
+            while True:  # walk the table by rowid: each batch starts where the last one ended
+                row = await self.db.fetchone(upto, (last, *params, PURGE_BATCH))
+                if row is None or row[0] is None:
+                    return n
+                n += await self.db.execute(delete, (last, row[0], *params))
+                last = row[0]
+        finally:  # queued, not awaited: also runs when the purge was cancelled
+            if not self.db.closed:
+                self.db.submit(f"PRAGMA wal_autocheckpoint = {_DEFAULT_AUTOCHECKPOINT}")
 
     async def close(self) -> None:
         """Queue the counted hits, stop tracking queued puts, wait for a running eviction; leaves the
