@@ -301,17 +301,21 @@ class SqliteTier:
         # write on the FIFO writer waits for exactly those (not for the queue to be empty, which
         # under a steady stream of writes it never is).
         await self.db.execute(f"PRAGMA wal_autocheckpoint = {_PURGE_AUTOCHECKPOINT}")
+        restore = f"PRAGMA wal_autocheckpoint = {_DEFAULT_AUTOCHECKPOINT}"
         try:
             n, last = 0, 0
             while True:  # walk the table by rowid: each batch starts where the last one ended
                 row = await self.db.fetchone(upto, (last, *params, PURGE_BATCH))
                 if row is None or row[0] is None:
-                    return n
+                    break
                 n += await self.db.execute(delete, (last, row[0], *params))
                 last = row[0]
-        finally:  # queued, not awaited: also runs when the purge was cancelled
-            if not self.db.closed:
-                self.db.submit(f"PRAGMA wal_autocheckpoint = {_DEFAULT_AUTOCHECKPOINT}")
+        except BaseException:
+            if not self.db.closed:  # queued, not awaited: also when the purge was cancelled
+                self.db.submit(restore)
+            raise
+        await self.db.execute(restore)  # awaited (a PRAGMA must not be merged into an executemany)
+        return n
 
     async def close(self) -> None:
         """Queue the counted hits, stop tracking queued puts, wait for a running eviction; leaves the
