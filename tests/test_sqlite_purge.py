@@ -22,7 +22,7 @@ from r1proxy.db import Database
 
 def entry(key: str, created_at: float, model: str = "m0") -> CacheEntry:
     return CacheEntry(key=key, completion={"choices": [{"message": {"content": f"answer {key}"}}]},
-                      created_at=created_at, expires_at=created_at + 1e9, model=model,
+                      created_at=created_at, expires_at=1e12, model=model,  # never expired: no eviction
                       request=b'{"messages":[]}')
 
 
