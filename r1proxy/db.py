@@ -360,7 +360,7 @@ class Database:
         """On the writer thread: the batch as one transaction; (op, rowcount, error) for each op."""
         conn = self._conn
         try:
-            conn.execute("BEGIN")
+            conn.execute("BEGIN IMMEDIATE")  # the lock first: no snapshot another process can make stale
             counts = [self._run(op) for op in ops]
             conn.execute("COMMIT")
             return [(op, n, None) for op, n in zip(ops, counts, strict=True)]

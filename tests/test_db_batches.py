@@ -4,6 +4,7 @@ the first write after a pause and an awaited write go at once."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -52,5 +53,35 @@ async def test_an_awaited_write_does_not_wait_for_the_interval(tmp_path: Path,
         await db.flush()
         assert await asyncio.wait_for(db.execute(INSERT, ("awaited",)), 10) == 1
         assert sizes == [1, 1]
+    finally:
+        await db.close()
+
+
+async def test_a_batch_takes_the_write_lock_first(tmp_path: Path) -> None:
+    """A batch whose first statement reads (rollups.amend_requests does) must not lose its snapshot
+    to another process's commit (server.workers share the file): the batch holds the write lock from
+    BEGIN, so it is written once, in its transaction, not failed and redone statement by statement."""
+    path = tmp_path / "r.db"
+    db = await Database.open(path)
+    calls: list[int] = []
+
+    def read_then_write(conn: sqlite3.Connection, rows: list[Any]) -> int:
+        calls.append(len(rows))
+        conn.execute("SELECT COUNT(*) FROM key_usage").fetchone()
+        if len(calls) == 1:  # another process commits right after this batch's first read
+            rival = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                rival.execute(INSERT, ("rival",))
+            except sqlite3.OperationalError:
+                pass  # locked: the batch holds the write lock, as it should
+            finally:
+                rival.close()
+        return conn.executemany(INSERT, rows).rowcount
+
+    try:
+        db.submit_rows(read_then_write, [("a",), ("b",)], label="read then write")
+        await db.flush()
+        assert calls == [2] and db.write_errors == 0
+        assert await db.fetchone("SELECT COUNT(*) FROM key_usage WHERE key_name IN ('a', 'b')") == (2,)
     finally:
         await db.close()
