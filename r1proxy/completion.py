@@ -9,21 +9,13 @@ replays, so a cached answer looks like the live one.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
+from .jsonfast import dumps as dumps  # re-exported: replies and stored entries encode through here
+
 OK_FINISH = frozenset({"stop", "length", "tool_calls"})
 OPEN, CLOSE = "<think>", "</think>"
-
-
-# one encoder: json.dumps with options builds a new JSONEncoder per call (a third of its cost per chunk)
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-def dumps(obj: Any) -> bytes:
-    """Compact UTF-8 JSON, as ``json.dumps(obj, ensure_ascii=False, separators=(",", ":"))``."""
-    return _ENCODER.encode(obj).encode()
 
 
 def fix_usage(usage: Any) -> bool:

@@ -9,13 +9,12 @@ message names the upstream, never the key.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
-from . import jsonbody, redact
+from . import jsonbody, jsonfast, redact
 from .config import UpstreamConfig
 from .errors import ProxyError
 from .sse import EventTooLarge
@@ -129,7 +128,7 @@ def nested_error(up: UpstreamConfig) -> UpstreamError:
 def sse_json(text: str, up: UpstreamConfig) -> Any:
     """One SSE data payload as JSON; None when it is not JSON (never relayed); 502 when it nests too deeply."""
     try:
-        doc = json.loads(text)
+        doc = jsonfast.loads(text)
     except RecursionError:
         raise nested_error(up) from None
     except ValueError:
@@ -158,7 +157,7 @@ async def read_body(resp: aiohttp.ClientResponse, up: UpstreamConfig) -> tuple[A
     except UnicodeDecodeError:
         text, clean = raw.decode("utf-8", errors="replace"), False
     try:
-        doc: Any = json.loads(text)
+        doc: Any = jsonfast.loads(text)
     except RecursionError:
         doc = _DEEP
     except ValueError:
