@@ -48,8 +48,7 @@ class SlowTiers:  # the hit count of slower tiers is the cache's concern, not th
         pass
 
 
-async def main():
-    tmp = Path(tempfile.mkdtemp(prefix="r1proxy-hitlog-bench-"))
+async def main(tmp):
     cfg = build_config({"server": {"state_dir": str(tmp), "log_requests": LOG}}, env={})
     setup_logging("plain", stream=open(os.devnull, "w"))
     db = await Database.open(tmp / "r1proxy.db")
@@ -78,7 +77,8 @@ async def main():
     print(json.dumps({"total": (p1 - p0) / N * 1e6, "loop": (m1 - m0) / N * 1e6}))
 
 
-asyncio.run(main())
+with tempfile.TemporaryDirectory(prefix="r1proxy-hitlog-bench-") as tmp:
+    asyncio.run(main(Path(tmp)))
 """
 
 
