@@ -1,11 +1,11 @@
 """Wiring and lifecycle: ``create_app(config)`` builds the application; ``serve(config)`` runs it.
 
-Registers routes, the one middleware (edge.py: guard, errors) and one ``cleanup_ctx`` per resource in dependency
-order (HTTP session → database and cache → gateway), so teardown runs in reverse: in-flight
-streams finish (bounded by ``server.shutdown_timeout``), flights end, the cache writer is
-flushed and the WAL checkpointed. ``serve`` adds sd_notify readiness, the watchdog and status
-text (heartbeat.py), SIGTERM/SIGINT drain under one deadline (shutdown.py) and SIGHUP reload of
-keys and limits.
+Registers routes, each behind the browser guard and the error reply (edge.py), and one
+``cleanup_ctx`` per resource in dependency order (HTTP session → database and cache →
+gateway), so teardown runs in reverse: in-flight streams finish (bounded by
+``server.shutdown_timeout``), flights end, the cache writer is flushed and the WAL
+checkpointed. ``serve`` adds sd_notify readiness, the watchdog and status text (heartbeat.py),
+SIGTERM/SIGINT drain under one deadline (shutdown.py) and SIGHUP reload of keys and limits.
 """
 
 from __future__ import annotations
@@ -48,13 +48,14 @@ def create_app(config: Config, clock: Clock | None = None, worker: WorkerRole | 
     redact.register(config.secrets())  # before anything can relay or log one
     quiet_client_mistakes()
     app = web.Application(client_max_size=config.server.max_request_bytes,
-                          middlewares=[edge.middleware(guard.Guard(config.server))],
-                          handler_args={"max_field_size": 65536})
+                          handler_args={"max_field_size": 65536})  # no middleware: see edge.py
     app[CONFIG_KEY] = config
     app[CLOCK_KEY] = clock or Clock()
     app[WORKER_KEY] = worker
+    edge.setup(app, guard.Guard(config.server))
     setup_routes(app)
     setup_ui(app)
+    edge.finish(app)  # the catch-all for unknown paths, and every route behind the guard
     app.cleanup_ctx.append(http_session_ctx)
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(gateway_ctx)

@@ -1,6 +1,6 @@
 """The browser guard: no web page may spend the user's credit or read the proxy's replies.
 
-``Guard.check`` runs before every handler (``edge.py``'s middleware):
+``Guard.check`` runs before every handler (``edge.guarded`` wraps each route's handler):
 
 - ``Host`` must be an IP literal, ``localhost`` (or ``*.localhost``), or a name listed in
   ``server.allowed_hosts``: a DNS-rebinding page reaches a loopback proxy under its own domain name.
@@ -126,6 +126,9 @@ class Guard:
                 raise ProxyError(405, f"Method OPTIONS is not allowed on {request.path}")
             return web.Response(status=204, headers=PREFLIGHT_HEADERS)
         return None
+
+
+GUARD_KEY = web.AppKey("r1proxy_guard", Guard)  # the application's Guard (edge.py)
 
 
 def cors_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -11,7 +11,7 @@ import ipaddress
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, edge
 from .appkeys import CLOCK_KEY, CONFIG_KEY, GATEWAY_KEY
 from .errors import ProxyError
 
@@ -87,7 +87,7 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    r = app.router
+    r = edge.routes(app)
     for path in ("/chat/completions", "/v1/chat/completions"):
         r.add_post(path, chat_completions)
     for path in ("/models", "/v1/models"):

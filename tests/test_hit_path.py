@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from r1proxy.cache import CacheEntry
 from r1proxy.cache.sqlite import SqliteTier, fold_hits
 from r1proxy.config import ServerConfig
@@ -44,14 +46,50 @@ async def test_a_memory_hit_is_no_way_around_the_guard(proxy: Any, fake_server: 
     assert len(fake_server.calls) == 1
 
 
-async def test_errors_keep_their_shape_through_the_one_middleware(proxy: Any, fake_server: Any) -> None:
+async def test_unknown_paths_and_methods_answer_as_before(proxy: Any, fake_server: Any) -> None:
+    """No middleware: a catch-all route answers what aiohttp's own 404/405 did, through the guard."""
     client = await proxy()
     r = await client.get("/nowhere")
     assert r.status == 404 and (await r.json())["error"]["message"] == "Unknown path GET /nowhere"
+    r = await client.post("/v1/nowhere/deeper", json=CHAT)
+    assert r.status == 404 and (await r.json())["error"]["type"] == "not_found_error"
     r = await client.get("/chat/completions")
-    assert r.status == 405 and "POST" in r.headers["Allow"]
+    assert r.status == 405 and r.headers["Allow"] == "POST"
+    assert (await r.json())["error"]["message"] == "Method GET is not allowed on /chat/completions"
+    r = await client.post("/health", json=CHAT)
+    assert r.status == 405 and r.headers["Allow"] == "GET"
+    r = await client.request("HEAD", "/health")
+    assert r.status == 405
+    r = await client.delete("/ui/requests/12")  # a dynamic route's path
+    assert r.status == 405 and r.headers["Allow"] == "GET"
+    r = await client.post("/", json=CHAT)
+    assert r.status == 405 and r.headers["Allow"] == "GET"
     r = await client.options("/chat/completions")  # no Origin: not a preflight
     assert r.status == 405 and (await r.json())["error"]["type"] == "invalid_request_error"
+    for path in ("/nowhere", "/chat/completions"):  # the guard runs first, for unknown paths too
+        r = await client.get(path, headers={"Host": "evil.example"})
+        assert r.status == 403 and (await r.json())["error"]["code"] == "host_not_allowed"
+
+
+def test_every_route_is_behind_the_guard(make_config: Any) -> None:
+    from aiohttp import web
+
+    from r1proxy import edge
+    from r1proxy.app import create_app
+
+    app = create_app(make_config())
+    routes = list(app.router.routes())
+    assert len(routes) > 10 and all(getattr(r.handler, "__r1proxy_guarded__", False) for r in routes)
+    assert not app.middlewares  # see edge.py: one wrapper per handler instead
+
+    bare = web.Application()
+    edge.setup(bare, Guard(ServerConfig()))
+
+    async def health(request: web.Request) -> web.StreamResponse:
+        return web.Response()
+    bare.router.add_get("/health", health)  # not through edge.routes(app)
+    with pytest.raises(RuntimeError, match=r"without the browser guard: .*GET /health"):
+        edge.finish(bare)
 
 
 def test_host_verdicts_are_memoised_per_value_and_bounded() -> None:
@@ -148,8 +186,10 @@ async def test_a_raised_redirect_keeps_its_cors_headers(aiohttp_client: Any) -> 
     async def moved(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/elsewhere")
 
-    app = web.Application(middlewares=[edge.middleware(Guard(ServerConfig(cors_origins=(PAGE,))))])
-    app.router.add_get("/moved", moved)
+    app = web.Application()
+    edge.setup(app, Guard(ServerConfig(cors_origins=(PAGE,))))
+    edge.routes(app).add_get("/moved", moved)
+    edge.finish(app)
     client = await aiohttp_client(app)
     r = await client.get("/moved", headers={"Origin": PAGE}, allow_redirects=False)
     assert r.status == 302 and r.headers["Location"] == "/elsewhere"

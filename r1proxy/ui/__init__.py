@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from r1proxy import edge
 from r1proxy.appkeys import CONFIG_KEY
 from r1proxy.ui import html
 from r1proxy.ui.access import SESSION_COOKIE, SESSION_S, Access, finish, guarded, nonce_of
@@ -87,7 +88,7 @@ async def _ui_ctx(app: web.Application) -> AsyncIterator[None]:
 def setup_ui(app: web.Application) -> None:
     app[UI_KEY] = UiState(app[CONFIG_KEY].db_path)
     app.cleanup_ctx.append(_ui_ctx)
-    r = app.router
+    r = edge.routes(app)  # each route behind the browser guard (r1proxy.edge)
     r.add_get("/", root, allow_head=False)
     r.add_get("/ui/static/{name}", static, allow_head=False)
     r.add_get("/ui/login", login_form, allow_head=False)
