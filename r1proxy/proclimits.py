@@ -14,6 +14,7 @@ told about its place.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import math
 import mmap
@@ -36,6 +37,12 @@ _RING_SEC = _RING_AMT + WINDOW
 _SIZE = _RING_SEC + WINDOW
 
 
+@functools.lru_cache(maxsize=4)
+def _ordinal(day: str) -> float:
+    """A UTC day ("2026-11-27") as the float the mapping stores (every request asks for today's)."""
+    return float(dt.date.fromisoformat(day).toordinal())
+
+
 class ProcessLimits:
     """The mapping and its lock. Make it before forking; children inherit both."""
 
@@ -43,9 +50,16 @@ class ProcessLimits:
         self._mm = mmap.mmap(-1, SLOTS * _SIZE * 8)
         self.cells = memoryview(self._mm).cast("d")
         self.lock: Any = multiprocessing.get_context("fork").Lock()
+        self._slots: dict[str, int] = {}  # this process's memo: a claimed slot is never given up
 
     def slot(self, name: str) -> int:
         """Base cell of ``name``'s slot, claimed on first use (call with the lock held)."""
+        base = self._slots.get(name)
+        if base is None:
+            base = self._slots[name] = self._find(name)
+        return base
+
+    def _find(self, name: str) -> int:
         h = float(int.from_bytes(hashlib.blake2b(name.encode(), digest_size=6).digest(), "big") + 1)
         c = self.cells
         i = int(h) % SLOTS
@@ -68,7 +82,7 @@ class ProcessLimits:
 
     def seed_usage(self, day: str, usage: Iterable[tuple[str, float, float, float]]) -> None:
         """Today's usage per key (from ``key_usage``), before the workers start."""
-        ordinal = float(dt.date.fromisoformat(day).toordinal())
+        ordinal = _ordinal(day)
         with self.lock:
             for name, requests, tokens, usd in usage:
                 self._set(self.slot(name), ordinal, requests, tokens, usd)
@@ -126,7 +140,7 @@ class ProcessKeyLimiter(KeyLimiter):
 
     def day_usage(self, key: str, day: str) -> tuple[float, float, float] | None:
         """(requests, tokens, usd) of ``key`` on ``day`` over all workers, or None if none recorded."""
-        ordinal = float(dt.date.fromisoformat(day).toordinal())
+        ordinal = _ordinal(day)
         with self.shared.lock:
             base = self.shared.slot(key)
             c = self.shared.cells
@@ -135,7 +149,7 @@ class ProcessKeyLimiter(KeyLimiter):
             return c[base + _DREQ], c[base + _DTOK], c[base + _DUSD]
 
     def add_day_usage(self, key: str, day: str, requests: float, tokens: float, usd: float) -> None:
-        ordinal = float(dt.date.fromisoformat(day).toordinal())
+        ordinal = _ordinal(day)
         with self.shared.lock:
             base = self.shared.slot(key)
             c = self.shared.cells

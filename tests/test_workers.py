@@ -130,3 +130,18 @@ def test_shared_limits_hold_across_limiter_instances() -> None:
     b.add_day_usage("k", "2026-11-26", 1, 50, 0.25)
     assert a.day_usage("k", "2026-11-26") == (2, 150, 0.75)
     assert b.day_usage("k", "2026-11-27") is None
+
+
+def test_a_slot_found_once_is_the_slot_every_process_finds() -> None:
+    """Each process memoises where a key's slot is (a claimed slot is never given up): another
+    process (here a second view of the same cells, with its own memo) finds the same one."""
+    shared = ProcessLimits()
+    other = ProcessLimits()
+    other.cells, other.lock = shared.cells, shared.lock
+    names = [f"key{i}" for i in range(40)]
+    mine = {n: shared.slot(n) for n in names[:20]}
+    theirs = {n: other.slot(n) for n in names}  # half already claimed by `shared`, half new
+    assert {n: shared.slot(n) for n in names} == theirs and all(theirs[n] == mine[n] for n in mine)
+    assert len(set(theirs.values())) == len(names)
+    shared.cells[shared.slot("key3") + 4] = 7.0  # _DREQ: what one process writes, the other reads
+    assert other.cells[other.slot("key3") + 4] == 7.0
