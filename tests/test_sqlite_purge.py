@@ -141,16 +141,18 @@ async def test_hits_and_puts_during_a_purge(tmp_path: Path, monkeypatch: pytest.
 
 async def test_a_purge_leaves_the_writer_as_it_found_it(tmp_path: Path) -> None:
     """The purge may tune the writer for its batches; afterwards (and after a failed purge) the
-    writer checkpoints the WAL as before, so the file does not keep growing."""
+    writer checkpoints the WAL as before (so the file does not keep growing) and keeps its
+    temporary data in memory again."""
     db = await Database.open(tmp_path / "r1proxy.db")
     try:
         tier = SqliteTier(db)
         await fill(tier, 30)
 
-        def autocheckpoint() -> Any:
-            return db._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        def autocheckpoint() -> Any:  # the writer's settings a purge changes while it runs
+            return [db._conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("wal_autocheckpoint", "temp_store")]
 
         before = autocheckpoint()
+        assert before == [1000, 2]  # SQLite's default; dbfile's temp_store = MEMORY
         await tier.purge(older_than_s=500.0, now=1000.0)
         await db.flush()
         assert autocheckpoint() == before

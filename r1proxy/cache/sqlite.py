@@ -10,8 +10,8 @@ Eviction (expired past the stale window, then least recently used down to 90% of
 deletes in small batches, each its own write between the others; it runs in the background
 every ``evict_every`` puts and every few seconds once ``start()`` was called (so a lowered cap
 takes effect at once), and on demand via ``evict(now)``. ``purge`` deletes in batches too
-(larger ones, with the WAL checkpointed less often while it runs), walking the table by rowid, so
-neither holds the write lock for long. A put is visible to
+(larger ones; while it runs the WAL is checkpointed less often and statement journals go to a
+file), walking the table by rowid, so neither holds the write lock for long. A put is visible to
 ``get`` at once: until its row is committed the entry is served from a small pending map (with
 the memory tier off, or an entry too big for it, an immediate repeat would miss otherwise). The
 tier does not own the ``Database``: whoever opened it closes it.
@@ -60,14 +60,16 @@ EVICT_BATCH = 500  # rows per eviction write (~2.5 MB of typical entries)
 # Rows per purge write. Each batch dirties most leaf pages of the key index (keys are hashes, so a
 # batch of old rows is spread over all of it) and every batch writes those pages to the WAL again:
 # fewer, larger batches are what makes a purge fast (500k of 1M rows, bench/ANALYSIS.md: batches
-# of 5,000 took 25 s, of 50,000 8-11 s with the worst batch 0.6-1.8 s; key order instead of rowid
+# of 5,000 took 25 s, of 50,000 7.8-15.9 s, worst batch 0.6-2.8 s; key order instead of rowid
 # order: 22 s). Reads never wait for a batch (WAL); the server's writes queue behind it.
 PURGE_BATCH = 50_000
-# During a purge the WAL is checkpointed once it holds this many pages (256 MiB) instead of after
-# every batch: the pages a batch rewrites (the key index's) are copied into the file once per
-# checkpoint, not once per batch. SQLite's default (1000 pages) is restored afterwards.
-_PURGE_AUTOCHECKPOINT = 65536
-_DEFAULT_AUTOCHECKPOINT = 1000  # SQLite's own; dbfile sets none
+# The writer's settings during a purge, and what they are otherwise (SQLite's default for the
+# checkpoint, dbfile's temp_store). The WAL is checkpointed once it holds 65,536 pages (256 MiB)
+# instead of 1,000: the key-index pages every batch rewrites reach the file once per checkpoint,
+# not once per batch. A batch's statement journal (a DELETE with triggers inside the writer's
+# transaction keeps the original of every page it changes) goes to a temporary file, not RAM:
+# in memory it raised the peak RSS by ~70 MB per batch of 50,000 rows.
+_PURGE_PRAGMAS = (("wal_autocheckpoint", "65536", "1000"), ("temp_store", "FILE", "MEMORY"))
 _LIST_COLUMNS = ("key", "namespace", "model", "created_at", "last_hit_at", "hits", "expires_at",
                  "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost", "raw_bytes",
                  "stored_bytes", "preview_user", "preview_answer")
@@ -300,8 +302,9 @@ class SqliteTier:
         # The batches are found by reads, so puts queued before this must have landed: awaiting a
         # write on the FIFO writer waits for exactly those (not for the queue to be empty, which
         # under a steady stream of writes it never is).
-        await self.db.execute(f"PRAGMA wal_autocheckpoint = {_PURGE_AUTOCHECKPOINT}")
-        restore = f"PRAGMA wal_autocheckpoint = {_DEFAULT_AUTOCHECKPOINT}"
+        for name, during, _ in _PURGE_PRAGMAS:
+            await self.db.execute(f"PRAGMA {name} = {during}")
+        restore = [f"PRAGMA {name} = {normal}" for name, _, normal in _PURGE_PRAGMAS]
         try:
             n, last = 0, 0
             while True:  # walk the table by rowid: each batch starts where the last one ended
@@ -312,9 +315,11 @@ class SqliteTier:
                 last = row[0]
         except BaseException:
             if not self.db.closed:  # queued, not awaited: also when the purge was cancelled
-                self.db.submit(restore)
+                for sql in restore:
+                    self.db.submit(sql)
             raise
-        await self.db.execute(restore)  # awaited (a PRAGMA must not be merged into an executemany)
+        for sql in restore:  # awaited: a queued PRAGMA could be merged into an executemany, which rejects it
+            await self.db.execute(sql)
         return n
 
     async def close(self) -> None:
