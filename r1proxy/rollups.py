@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import operator
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,8 +131,7 @@ def insert_requests(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> 
 
     Runs inside the caller's transaction when there is one, else in its own; on any error nothing
     of the batch stays and the error is raised. Returns the number of rows inserted."""
-    conn.execute("SAVEPOINT requests_batch")
-    try:
+    with _savepoint(conn, "requests_batch"):
         # Write first, read after: a read before the first write would take a snapshot that another
         # process's commit can make stale, and the write would then fail (SQLITE_BUSY_SNAPSHOT).
         cur = conn.executemany(INSERT, rows)
@@ -144,11 +144,6 @@ def insert_requests(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> 
             conn.execute(_SCAN, (last - n,))
             for sql in _UPSERTS:
                 conn.execute(sql)
-    except BaseException:
-        conn.execute("ROLLBACK TO requests_batch")
-        conn.execute("RELEASE requests_batch")
-        raise
-    conn.execute("RELEASE requests_batch")
     return n
 
 
@@ -158,9 +153,8 @@ def amend_requests(conn: sqlite3.Connection, column: str, rows: Iterable[tuple[A
     if column not in AMENDABLE:
         raise ValueError(f"requests.{column} is not amendable")
     update = f"UPDATE requests SET {column} = ? WHERE id = ?"
-    conn.execute("SAVEPOINT requests_amend")
     n = 0
-    try:
+    with _savepoint(conn, "requests_amend"):
         conn.execute(_CREATE)
         for value, rid in rows:
             conn.execute(_TAKE_ONE, (rid,))
@@ -168,9 +162,17 @@ def amend_requests(conn: sqlite3.Connection, column: str, rows: Iterable[tuple[A
             conn.execute(_ADD_ONE, (rid,))
         for sql in _UPSERTS:
             conn.execute(sql)
-    except BaseException:
-        conn.execute("ROLLBACK TO requests_amend")
-        conn.execute("RELEASE requests_amend")
-        raise
-    conn.execute("RELEASE requests_amend")
     return n
+
+
+@contextmanager
+def _savepoint(conn: sqlite3.Connection, name: str) -> Iterator[None]:
+    """All of the block's statements or none (inside the caller's transaction, or one of its own)."""
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")
