@@ -67,3 +67,11 @@ def test_deep_nesting_raises_like_json() -> None:
         json.loads(text)
     with pytest.raises(RecursionError):
         jsonfast.loads(text)
+
+
+@settings(max_examples=200)
+@given(st.integers(min_value=2**63, max_value=10**40) | st.integers(min_value=-(10**40), max_value=-(2**63) - 1))
+def test_integers_beyond_64_bits_keep_every_digit(n: int) -> None:
+    text = json.dumps({"usage": {"id": n}, "x": [n, "٣" * 20]})  # non-ASCII digits are not a JSON number
+    assert jsonfast.loads(text) == json.loads(text)
+    assert jsonfast.loads(text)["usage"]["id"] == n
