@@ -24,13 +24,16 @@ POLL_S = 1.0
 KEEP_S = 86400.0
 _NEWEST = "SELECT MAX(id) FROM purge_notices"
 _SINCE = "SELECT id, filter FROM purge_notices WHERE id > ? ORDER BY id"
+_MINE = "SELECT MAX(id) FROM purge_notices WHERE at = ? AND filter = ?"
 
 
 async def post(db: Database, f: PurgeFilter, now: float) -> int:
     """Record a purge for every running process; returns the notice's id."""
+    text = f.dumps().decode()
     await db.execute("DELETE FROM purge_notices WHERE at < ?", (now - KEEP_S,))
-    await db.execute("INSERT INTO purge_notices (at, filter) VALUES (?, ?)", (now, f.dumps().decode()))
-    row = await db.fetchone(_NEWEST)
+    await db.execute("INSERT INTO purge_notices (at, filter) VALUES (?, ?)", (now, text))
+    # found by its content, not as MAX(id): another process may have posted right after it
+    row = await db.fetchone(_MINE, (now, text))
     return int(row[0]) if row and row[0] is not None else 0
 
 
@@ -52,8 +55,7 @@ class NoticeWatcher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def post(self, f: PurgeFilter) -> None:
-        """A purge done by this process: applied here now, and posted for the others."""
-        self.cache.drop_from_memory(f)
+        """A purge this process has done in its own tiers: posted for the others (not applied here again)."""
         self._own.add(await post(self.db, f, self.now()))
 
     async def poll(self) -> int:
