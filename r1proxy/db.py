@@ -221,6 +221,12 @@ class Database:
         return self._written
 
     @property
+    def queued(self) -> int:
+        """The sequence number of the last write queued: ``wait_written(db.queued)`` waits for what is
+        queued now, not for writes queued later (``flush`` may never return under steady writes)."""
+        return self._seq
+
+    @property
     def pending(self) -> int:
         """Writes queued but not yet executed."""
         return self._queue.qsize()

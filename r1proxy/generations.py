@@ -94,7 +94,7 @@ class Generations:
         self.reconciled += 1
         if self.db is None:
             return
-        await self.db.flush()  # the request's own row was queued before this
+        await self.db.wait_written(self.db.queued)  # the request's own row was queued before this
         row = await self.db.fetchone(_ROW, (p.ts - 1.0, p.ts + 1.0, p.generation_id))
         if row is not None:
             self.db.submit_rows(_amend_prefix, [(discount, int(row[0]))], label="requests.prefix_saved")
