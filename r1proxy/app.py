@@ -230,6 +230,10 @@ async def _serve_locked(config: Config, config_path: str | None, worker: WorkerR
         for tier in store.cache.tiers:
             if isinstance(tier, SqliteTier):
                 loop.add_signal_handler(signal.SIGUSR1, tier.disable, "quick_check failed, see the log")
+        if worker.reload_at_start or signal.SIGHUP in worker.early_signals:
+            reload()
+        if worker.early_signals & {signal.SIGTERM, signal.SIGINT}:
+            stop.set()  # asked to stop while starting: nothing is in flight, a clean stop
         os.write(worker.ready_fd, bytes([worker.index]))
     log.info("r1proxy listening on http://%s:%s (config: %s, database: %s)", config.server.host,
              config.server.port, config.source, config.db_path)

@@ -21,7 +21,7 @@ import mmap
 import multiprocessing
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .ratelimit import Clock, Decision, KeyLimiter, KeyLimits
@@ -94,11 +94,16 @@ class ProcessLimits:
 
 @dataclass(frozen=True, slots=True)
 class WorkerRole:
-    """A worker's place: its index (0-based), the shared limits, and the pipe it reports ready on."""
+    """A worker's place: its index (0-based), the shared limits, the pipe it reports ready on,
+    whether the supervisor reloaded the config file since it started (a worker started later reads
+    the file again for its keys and limits), and the signals it got before its event loop took
+    signals over (a stop or reload then is deferred, not the default action that kills it)."""
 
     index: int
     shared: ProcessLimits
     ready_fd: int
+    reload_at_start: bool = False
+    early_signals: set[int] = field(default_factory=set)
 
 
 class ProcessKeyLimiter(KeyLimiter):

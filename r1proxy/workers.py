@@ -7,7 +7,9 @@ usage into the shared limits (proclimits.py). Then it forks the workers and owns
 face towards systemd: READY once every worker listens, WATCHDOG pings, SIGTERM/SIGINT forwarded
 (STOPPING, then it waits for the workers' drains), SIGHUP re-read and, when valid, forwarded
 (RELOADING … READY; each worker reloads its keys and limits). A worker that dies is started
-again (at most 5 times a minute, then the supervisor stops everything and exits 1).
+again (at most 5 times a minute, then the supervisor stops everything and exits 1), with the keys
+and limits of the last reload; a signal reaching a worker before its event loop serves is kept and
+acted on once it does (a stop then is a clean stop).
 
 Shared by the workers: the SQLite tier (one file, WAL) and the key limits. Per worker: the
 memory tier, in-flight coalescing (without the Redis tier), metrics (/stats and /metrics show
@@ -44,8 +46,9 @@ _SD_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 def _worker_main(config: Config, config_path: str | None, role: WorkerRole) -> None:
     for var in _SD_VARS:  # only the supervisor speaks to systemd
         os.environ.pop(var, None)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # until the event loop takes them over
+        signal.signal(sig, lambda signum, frame: role.early_signals.add(signum))
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     from .app import run
 
     run(config, config_path, worker=role)
@@ -78,6 +81,7 @@ class Supervisor:
         self.config_path = config_path
         self.n = config.server.workers
         self.shared = ProcessLimits()
+        self.reloaded = False  # a SIGHUP was applied: workers started from now on read the file again
         self.workers: dict[int, BaseProcess] = {}
         self.ready: set[int] = set()
         self.restarts: deque[float] = deque()
@@ -88,7 +92,7 @@ class Supervisor:
 
     def start_worker(self, i: int) -> None:
         self.shared.clear_worker(i)
-        role = WorkerRole(i, self.shared, self.write_fd)
+        role = WorkerRole(i, self.shared, self.write_fd, reload_at_start=self.reloaded)
         p = _FORK.Process(target=_worker_main, args=(self.config, self.config_path, role), name=f"r1proxy-worker-{i}")
         p.start()
         self.workers[i] = p
@@ -175,6 +179,7 @@ class Supervisor:
             log.warning("reload failed, keeping the running config: %s", e)
             sdnotify.status(f"degraded: reload rejected, running the previous config ({e})")
         else:
+            self.reloaded = True
             self.signal_all(signal.SIGHUP)
         sdnotify.ready()
 
@@ -210,12 +215,17 @@ class Supervisor:
         for p in self.workers.values():
             p.join(max(0.1, deadline - time.monotonic()))
         clean = True
-        for p in self.workers.values():
+        for i, p in self.workers.items():
             if p.exitcode is None:
+                log.error("worker %d (pid %s) did not stop in time: killing it", i, p.pid)
                 clean = False
                 p.kill()
                 p.join(5)
-            clean = clean and p.exitcode == 0
+            elif p.exitcode not in (0, -signal.SIGTERM):
+                # -SIGTERM: the signal's default action, so the worker was not serving (before its
+                # loop took signals over, or after its drain): nothing in flight was cut
+                log.error("worker %d (pid %s) exited with code %s while stopping", i, p.pid, p.exitcode)
+                clean = False
         if self.checker is not None:
             self.checker.kill()
             self.checker.join(5)

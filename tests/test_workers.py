@@ -104,6 +104,103 @@ async def test_a_killed_worker_is_started_again(tmp_path: Path, fake_server: Any
     assert code == 0, err
 
 
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    if not path.exists():
+        pytest.skip("no /proc/PID/task/PID/children on this kernel")
+    return [int(x) for x in path.read_text().split()]
+
+
+async def _restarted(pid: int, killed: int) -> list[int]:
+    """The supervisor's children once ``killed`` is gone and a new worker has been forked."""
+    for _ in range(5000):
+        now = _children(pid)
+        if killed not in now and len(now) >= 2:
+            return now
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"worker {killed} was not replaced: {now}")
+
+
+async def test_a_stop_while_a_worker_is_still_starting_is_a_clean_stop(tmp_path: Path, fake_server: Any) -> None:
+    """SIGTERM reaching a worker before its event loop took the signal over (a restarted worker
+    still setting up) ends that worker cleanly: the supervisor exits 0, not 1. systemd's stop
+    (KillMode=control-group) signals every process of the service at once, workers included."""
+    port = unused_port()
+    p = Proc(tmp_path, config(tmp_path, fake_server.base_url, port, rpm=0), port)
+    await p.start()
+    try:
+        assert p.proc is not None
+        workers = _children(p.proc.pid)
+        os.kill(workers[0], signal.SIGKILL)
+        new = [w for w in await _restarted(p.proc.pid, workers[0]) if w not in workers]
+        p.term()
+        for _ in range(3000):  # SIGTERM the new worker all through its start, as systemd's stop does once
+            try:
+                for w in new:
+                    os.kill(w, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            await asyncio.sleep(0.001)
+    finally:
+        code, err = await p.stop()
+    assert code == 0, err
+
+
+async def test_a_reload_while_a_worker_is_still_starting_does_not_kill_it(tmp_path: Path,
+                                                                         fake_server: Any) -> None:
+    """SIGHUP's default action ends a process: a worker that gets one before its event loop took
+    signals over keeps it for later instead (and reloads once it serves)."""
+    port = unused_port()
+    p = Proc(tmp_path, config(tmp_path, fake_server.base_url, port, rpm=0), port)
+    await p.start()
+    try:
+        assert p.proc is not None
+        workers = _children(p.proc.pid)
+        os.kill(workers[0], signal.SIGKILL)
+        new = [w for w in await _restarted(p.proc.pid, workers[0]) if w not in workers]
+        for _ in range(300):  # SIGHUP the new worker all through its start
+            for w in new:
+                os.kill(w, signal.SIGHUP)
+            await asyncio.sleep(0.001)
+        assert all(w in _children(p.proc.pid) for w in new)
+    finally:
+        code, err = await p.stop()
+    assert code == 0, err
+    assert err.count("starting it again") == 1, err  # only the SIGKILLed worker was restarted
+
+
+async def test_a_worker_started_after_a_reload_serves_the_reloaded_keys(tmp_path: Path, fake_server: Any) -> None:
+    port = unused_port()
+    cfg = config(tmp_path, fake_server.base_url, port, rpm=0)
+    p = Proc(tmp_path, cfg, port)
+    await p.start()
+    try:
+        assert p.proc is not None
+        cfg.write_text(cfg.read_text() + '[[keys]]\nname = "newcomer"\nkey = "local-newcomer-key"\n')
+        p.proc.send_signal(signal.SIGHUP)
+        await p.wait_for("RELOADING=1", 10)
+        await asyncio.sleep(0.5)  # both workers have reloaded
+        for _ in range(2):  # replace both workers: neither has seen the SIGHUP
+            first = _children(p.proc.pid)[0]
+            os.kill(first, signal.SIGKILL)
+            await _restarted(p.proc.pid, first)
+        statuses: list[int] = []
+        for i in range(200):  # new connections: the kernel spreads them over the listening workers
+            try:
+                async with aiohttp.ClientSession(headers={"Authorization": "Bearer local-newcomer-key"}) as s, \
+                        s.post(p.url("/chat/completions"), json=body(f"newcomer {i}", False)) as r:
+                    statuses.append(r.status)
+            except aiohttp.ClientConnectionError:  # neither new worker listens yet
+                pass
+            if len(statuses) >= 20:
+                break
+            await asyncio.sleep(0.02)
+        assert statuses[-10:] == [200] * 10, statuses
+    finally:
+        code, err = await p.stop()
+    assert code == 0, err
+
+
 def test_shared_limits_hold_across_limiter_instances() -> None:
     """Two limiters (as two workers have) on one ProcessLimits: one rpm bucket, one parallel count."""
 
