@@ -53,7 +53,7 @@ def hit_rounds(wrk: str, s: Settings, targets: list[HitTarget], ceiling: Server,
 
 def hit_rows(report: Report, key: str, label: str, mine: HitSamples, ceil: HitSamples,
              target_c1: Callable[[float, float], tuple[str, bool]] | None,
-             target_c32: tuple[str, float] | None) -> None:
+             target_c32: tuple[str, float] | None, target_p99: float | None = None) -> None:
     p50 = [x.p50_ms for x in mine.c1]
     p99 = [x.p99_ms for x in mine.c1]
     c_p50 = [x.p50_ms for x in ceil.c1]
@@ -73,7 +73,10 @@ def hit_rows(report: Report, key: str, label: str, mine: HitSamples, ceil: HitSa
         tgt, ok = target_c1(med(p50), med(r_p50))
     report.add(Row(f"{label}, 1 conn, p50 ms", f"{med(p50):.3f}", f"{med(c_p50):.3f}", f"{med(r_p50):.2f}×",
                    tgt, verdict(ok and not errs) if tgt else "", err_note))
-    report.add(Row(f"{label}, 1 conn, p99 ms", f"{med(p99):.3f}", f"{med(c_p99):.3f}", f"{med(r_p99):.2f}×"))
+    row99 = Row(f"{label}, 1 conn, p99 ms", f"{med(p99):.3f}", f"{med(c_p99):.3f}", f"{med(r_p99):.2f}×")
+    if target_p99 is not None:
+        row99.target, row99.verdict = f"≤ {target_p99:g}×", verdict(med(r_p99) <= target_p99 and not errs)
+    report.add(row99)
     report.add(Row(f"{label}, 1 conn, req/s", f"{med([x.rps for x in mine.c1]):.0f}",
                    f"{med([x.rps for x in ceil.c1]):.0f}",
                    f"{med([a.rps / b.rps for a, b in zip(mine.c1, ceil.c1, strict=True) if b.rps]):.2f}×"))
