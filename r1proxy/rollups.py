@@ -15,6 +15,7 @@ A row without ``ts`` is logged and counted in no rollup (it has no day or hour).
 
 from __future__ import annotations
 
+import functools
 import operator
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,6 +38,30 @@ REQUEST_COLUMNS = (
 )
 INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
           f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})")
+# A batch goes in as multi-row INSERTs of up to CHUNK rows (fewer if SQLite allows fewer parameters):
+# one statement step per chunk, where executemany stepped once per row, and the writer thread gave
+# the GIL up and took it back from the event loop on every step. Chunks are powers of two, so a
+# handful of statements of each size stay in the connection's statement cache.
+CHUNK = 256
+_VALUES = f"({', '.join('?' * len(REQUEST_COLUMNS))})"
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_rows(n: int) -> str:
+    """``INSERT`` for ``n`` rows at once."""
+    return INSERT.partition(" VALUES ")[0] + " VALUES " + ", ".join([_VALUES] * n)
+
+
+def _chunks(conn: sqlite3.Connection, rows: list[Sequence[Any]]) -> Iterator[list[Sequence[Any]]]:
+    """The rows in order, in chunks whose sizes are powers of two within SQLite's parameter limit."""
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(REQUEST_COLUMNS)
+    size = 1 << (max(1, min(CHUNK, limit)).bit_length() - 1)
+    i = 0
+    while i < len(rows):
+        while size > len(rows) - i:
+            size >>= 1
+        yield rows[i:i + size]
+        i += size
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +159,11 @@ def insert_requests(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> 
     with _savepoint(conn, "requests_batch"):
         # Write first, read after: a read before the first write would take a snapshot that another
         # process's commit can make stale, and the write would then fail (SQLITE_BUSY_SNAPSHOT).
-        cur = conn.executemany(INSERT, rows)
-        n = cur.rowcount
-        cur.close()
+        batch = rows if isinstance(rows, list) else list(rows)
+        n = 0
+        for chunk in _chunks(conn, batch):
+            conn.execute(_insert_rows(len(chunk)), [v for row in chunk for v in row]).close()
+            n += len(chunk)
         if n:
             # the batch's rows are the n ids up to the last one (each new id is the table's max + 1)
             last = conn.execute(_LAST_INSERTED).fetchone()[0]

@@ -116,6 +116,23 @@ def test_rollups_equal_the_log_and_the_old_triggers(batches: list[list[dict[str,
         old.close()
 
 
+def test_a_batch_is_a_few_multi_row_inserts_not_one_per_row() -> None:
+    """The writer thread gives the GIL up on every statement step and takes it back after: an
+    executemany stepped once per row; a multi-row INSERT steps once per chunk of rows. The rows keep
+    their order (ids) and the rollups their sums, whatever the chunks."""
+    conn = _fresh()
+    steps: list[str] = []
+    conn.set_trace_callback(steps.append)
+    rows = [row_values({"ts": T0 + i, "request_id": f"r{i}", "cache": ("HIT", "MISS")[i % 2]}) for i in range(300)]
+    assert insert_requests(conn, rows) == 300
+    conn.set_trace_callback(None)
+    assert len([s for s in steps if s.startswith("INSERT INTO requests ")]) <= 4
+    assert [r for (r,) in conn.execute("SELECT request_id FROM requests ORDER BY id")] == [f"r{i}" for i in range(300)]
+    assert insert_requests(conn, []) == 0
+    assert conn.execute("SELECT COUNT(*) FROM requests").fetchone() == (300,)
+    assert_rollups_match_log(conn)
+
+
 def test_the_edges_of_a_day_and_an_hour_fall_where_sqlite_puts_them() -> None:
     conn = _fresh()
     rows = [{"ts": T0 - 0.0004, "cache": "HIT"}, {"ts": T0 + 3599.9999, "cache": "HIT"}, {"ts": None, "cache": "HIT"}]
