@@ -5,7 +5,10 @@
 Metrics, per-key usage (limits and daily budgets, persisted so budgets survive a restart), the
 request-log row, the one access line on stderr and the hit counts in slower cache tiers. Batches
 run ``DELAY_S`` after the first request or at ``BATCH`` requests: off the hot path, one write for
-many requests under load. Limits and ``/stats`` flush first so they judge current numbers.
+many requests under load. The request-log rows and key usage of those batches go to the database
+writer together, ``LOG_DELAY_S`` after the first (each hand-off is a commit on the writer thread,
+and the writer's cost per row falls with the batch's size). Limits, ``/stats`` and a shutdown
+``flush`` first: they judge current numbers, and hand every row over at once.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from .cache import TieredCache
 from .clock import Clock
 from .config import Config
 from .costing import Costing
-from .logsetup import log_requests
+from .logsetup import Access, log_requests
 from .metrics import Metrics
 from .ratelimit import KeyLimiter
 from .reqlog import RequestLog
@@ -35,6 +38,7 @@ log = logging.getLogger("r1proxy")
 
 DELAY_S = 0.05
 BATCH = 32
+LOG_DELAY_S = 0.25  # request-log rows reach the writer at most this long after their accounting batch
 
 
 @dataclass(slots=True)
@@ -87,6 +91,9 @@ class Accounting:
         self.costing = costing or Costing(config)  # prices and the free quota (costing.py)
         self._pending: list[RequestRecord] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._log_rows: list[tuple[Any, ...]] = []  # accounted, not yet handed to the writer
+        self._log_usage: dict[tuple[str, str], list[float]] = {}  # (key name, UTC day) -> the same
+        self._log_handle: asyncio.TimerHandle | None = None
         self._pruned_at = 0.0
         # with [cache.redis]: (key name, UTC day, tokens, usd) also counted across processes (sharedlimits)
         self.on_usage: Callable[[str, str, int, float], None] | None = None
@@ -106,18 +113,39 @@ class Accounting:
         if not ctx.latency:
             ctx.latency = self.clock.monotonic() - ctx.t0
         if not self._pending:
-            self._flush_handle = asyncio.get_running_loop().call_later(DELAY_S, self.flush)
+            self._flush_handle = asyncio.get_running_loop().call_later(DELAY_S, self._settle)
         self._pending.append(ctx)
         if len(self._pending) == BATCH:  # bounded batches: no long pause under load
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self._settle)
 
     def flush(self) -> None:
-        """Account for every finished request: metrics, key usage, request-log rows, log lines."""
+        """Account for every finished request now and hand the request log to the writer at once."""
+        self._settle(write=True)
+
+    def write_log(self) -> None:
+        """Hand the accounted request-log rows and key usage to the database writer (one batch)."""
+        if self._log_handle is not None:
+            self._log_handle.cancel()
+            self._log_handle = None
+        rows, self._log_rows = self._log_rows, []
+        usage, self._log_usage = self._log_usage, {}
+        if self.reqlog is None:
+            return
+        for (name, day), (reqs, tokens, usd) in usage.items():  # budgets survive a restart
+            self.reqlog.add_usage(name, day, int(reqs), int(tokens), usd)
+        if rows:
+            self.reqlog.record_values(rows)
+
+    def _settle(self, write: bool = False) -> None:
+        """Account for every finished request: metrics, key usage, request-log rows (held for
+        ``write_log``, or handed over now with ``write``), access lines."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         pending, self._pending = self._pending, []
         if not pending:
+            if write:
+                self.write_log()
             return
         hits = [(ctx.touched, self.clock.now()) for ctx in pending if ctx.touched]
         if hits:
@@ -128,17 +156,26 @@ class Accounting:
             self._pruned_at = now  # hourly: the request log keeps log_retention worth of rows
             self.reqlog.prune(now - self.config.server.log_retention)
         delta: dict[str, list[float]] = {}
-        rows = [row for ctx in pending if (row := self._account(ctx, day, delta)) is not None]
-        if self.reqlog is not None:
-            for name, (reqs, tokens, usd) in delta.items():  # budgets survive a restart
-                self.reqlog.add_usage(name, day, int(reqs), int(tokens), usd)
-        if rows and self.reqlog is not None:
-            self.reqlog.record_many(rows)
-        if rows:
-            log_requests(log, [_access(row) for row in rows])
+        logged = [out for ctx in pending if (out := self._account(ctx, day, delta)) is not None]
+        rows = [row for row, _ in logged]
+        if self.reqlog is not None and (rows or delta):
+            for name, (reqs, tokens, usd) in delta.items():
+                held = self._log_usage.setdefault((name, day), [0, 0, 0.0])
+                held[0] += reqs
+                held[1] += tokens
+                held[2] += usd
+            self._log_rows += rows
+        if logged:
+            log_requests(log, [line for _, line in logged])
+        if write:
+            self.write_log()
+        elif self._log_handle is None and (self._log_rows or self._log_usage):
+            self._log_handle = asyncio.get_running_loop().call_later(LOG_DELAY_S, self.write_log)
 
     def _account(self, ctx: RequestRecord, day: str,
-                 usage_delta: dict[str, list[float]]) -> dict[str, Any] | None:
+                 usage_delta: dict[str, list[float]]) -> tuple[tuple[Any, ...], Access] | None:
+        """Metrics, costing and key usage of one finished request; its request-log row and access line
+        (None with ``server.log_requests = false``)."""
         latency = ctx.latency
         usage = ctx.usage
         prompt, completion, reasoning = usage.prompt, usage.completion, usage.reasoning
@@ -176,29 +213,14 @@ class Accounting:
                 self.on_usage(ctx.key_name, day, int(tokens), float(cost))
         if not self.config.server.log_requests:
             return None
-        row = {"ts": ctx.ts, "request_id": ctx.request_id, "key_name": ctx.key_name, "alias": ctx.alias,
-               "upstream_model": ctx.upstream_model, "route": ctx.route, "stream": int(ctx.stream),
-               "cache": ctx.cache, "tier": ctx.tier, "status": ctx.status, "error_type": ctx.error_type,
-               "latency_ms": round(latency * 1000, 3),
-               "ttfb_ms": None if ctx.ttfb is None else round(ctx.ttfb * 1000, 3),
-               "prompt_tokens": prompt, "completion_tokens": completion, "reasoning_tokens": reasoning,
-               "cost": cost, "cost_saved": saved, "cost_source": money.source or None,
-               "cached_tokens": usage.cached, "cache_write_tokens": usage.cache_write,
-               "prefix_saved": money.prefix_saved, "failed_attempts": len(ctx.failed_attempts),
-               "provider": ctx.provider or None, "session_id": ctx.session_id or None,
-               "request_bytes": ctx.request_bytes, "response_bytes": ctx.response_bytes,
-               "generation_id": ctx.generation_id, "cache_key": ctx.cache_key, "prompt": ctx.prompt,
-               "semantic_source": ctx.semantic_source, "semantic_similarity": ctx.semantic_similarity}
-        return row
-
-
-def _access(row: dict[str, Any]) -> dict[str, Any]:
-    """The short access-log line for a request-log row (the database row has everything)."""
-    out = {"request_id": row["request_id"], "key_name": row["key_name"], "model": row["alias"], "status": row["status"],
-           "cache": row["cache"], "tier": row["tier"] or None, "ms": row["latency_ms"], "ttfb_ms": row["ttfb_ms"],
-           "tokens": f"{row['prompt_tokens']}/{row['completion_tokens']}", "bytes": row["response_bytes"]}
-    if row["route"]:
-        out["route"] = row["route"]
-    if row["error_type"]:
-        out["error"] = row["error_type"]
-    return out
+        latency_ms = round(latency * 1000, 3)
+        ttfb_ms = None if ctx.ttfb is None else round(ctx.ttfb * 1000, 3)
+        # the request-log row in rollups.REQUEST_COLUMNS order (no mapping to build and take apart again)
+        return ((ctx.ts, ctx.request_id, ctx.key_name, ctx.alias, ctx.upstream_model, ctx.route, int(ctx.stream),
+                 ctx.cache, ctx.tier, ctx.status, ctx.error_type, latency_ms, ttfb_ms, prompt, completion, reasoning,
+                 cost, saved, ctx.request_bytes, ctx.response_bytes, ctx.generation_id, ctx.cache_key, ctx.prompt,
+                 usage.cached, usage.cache_write, money.source or None, money.prefix_saved,
+                 len(ctx.failed_attempts), ctx.provider or None, ctx.session_id or None, ctx.semantic_source,
+                 ctx.semantic_similarity),
+                Access(ctx.request_id, ctx.key_name, ctx.alias, ctx.status, ctx.cache, ctx.tier, latency_ms, ttfb_ms,
+                       prompt, completion, ctx.response_bytes, ctx.route, ctx.error_type))

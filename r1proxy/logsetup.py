@@ -20,7 +20,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from .redact import RedactingFormatter
 
@@ -137,6 +137,83 @@ def _piece(name: str, value: Any) -> str:
 _str_piece = functools.lru_cache(maxsize=4096)(_piece)  # str values only: hashable, and they repeat
 
 
+_MEMO = 4096  # distinct runs of repeating fields whose text is kept (cleared when full)
+
+
+class Access(NamedTuple):
+    """One finished request's access line (accounting.py), cheaper than its ``fields()`` mapping.
+
+    ``fields()`` is the line's content as a mapping (what the JSON formatter writes); ``line()`` its
+    ``k=v`` text, the same as ``access_line(self.fields())``: the fields that repeat from request
+    to request (key, model, status, outcome, tier; tokens, bytes, route, error) are rendered once
+    per distinct run of values and kept, the request id and the timings every time."""
+
+    request_id: str
+    key_name: str
+    model: str
+    status: int
+    cache: str
+    tier: str
+    ms: float
+    ttfb_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    bytes: int
+    route: str
+    error: str
+
+    def fields(self) -> dict[str, Any]:
+        out = {"request_id": self.request_id, "key_name": self.key_name, "model": self.model,
+               "status": self.status, "cache": self.cache, "tier": self.tier or None, "ms": self.ms,
+               "ttfb_ms": self.ttfb_ms, "tokens": f"{self.prompt_tokens}/{self.completion_tokens}",
+               "bytes": self.bytes}
+        if self.route:
+            out["route"] = self.route
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    def line(self) -> str:
+        head = (self.key_name, self.model, self.status, self.cache, self.tier)
+        middle = _HEADS.get(head)
+        if middle is None:
+            middle = _remember(_HEADS, head, access_line({"key_name": self.key_name, "model": self.model,
+                                                          "status": self.status, "cache": self.cache,
+                                                          "tier": self.tier or None}))
+        end = (self.prompt_tokens, self.completion_tokens, self.bytes, self.route, self.error)
+        tail = _TAILS.get(end)
+        if tail is None:
+            fields: dict[str, Any] = {"tokens": f"{self.prompt_tokens}/{self.completion_tokens}", "bytes": self.bytes}
+            if self.route:
+                fields["route"] = self.route
+            if self.error:
+                fields["error"] = self.error
+            tail = _remember(_TAILS, end, access_line(fields))
+        # a request id is unique: the uncached rules (the cache would only churn)
+        parts = [_piece("request_id", self.request_id), middle, _times(self.ms, self.ttfb_ms), tail]
+        return " ".join([p for p in parts if p])
+
+
+_HEADS: dict[tuple[Any, ...], str] = {}
+_TAILS: dict[tuple[Any, ...], str] = {}
+
+
+def _remember(memo: dict[tuple[Any, ...], str], key: tuple[Any, ...], text: str) -> str:
+    if len(memo) >= _MEMO:
+        memo.clear()
+    memo[key] = text
+    return text
+
+
+def _times(ms: float, ttfb_ms: float | None) -> str:
+    if type(ms) is float and (ttfb_ms is None or type(ttfb_ms) is float):
+        text = f"ms={format(ms, '.6g') if ms == ms else 'nan'}"
+        if ttfb_ms is None:
+            return text
+        return f"{text} ttfb_ms={format(ttfb_ms, '.6g') if ttfb_ms == ttfb_ms else 'nan'}"
+    return access_line({"ms": ms, "ttfb_ms": ttfb_ms})
+
+
 def _utc(created: float) -> str:
     ms = int(created * 1000) % 1000
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{ms:03d}Z"
@@ -154,7 +231,7 @@ class PlainFormatter(logging.Formatter):
         batch = getattr(record, BATCH_ATTR, None)
         if batch is not None:
             head = f"{_utc(record.created)} {record.levelname} {record.getMessage()} "
-            return "\n".join(head + access_line(fields) for fields in batch)
+            return "\n".join(head + (item.line() if type(item) is Access else access_line(item)) for item in batch)
         line = f"{_utc(record.created)} {record.levelname} {record.getMessage()}"
         extra = access_line(_fields(record))
         if extra:
@@ -170,7 +247,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         batch = getattr(record, BATCH_ATTR, None)
         if batch is not None:
-            return "\n".join(self._one(record, fields) for fields in batch)
+            return "\n".join(self._one(record, item.fields() if type(item) is Access else item) for item in batch)
         return self._one(record, _fields(record))
 
     def _one(self, record: logging.LogRecord, fields: Mapping[str, Any]) -> str:
@@ -242,7 +319,7 @@ def setup_logging(fmt: str, level: int | str = logging.INFO, *,
     return root
 
 
-def log_requests(logger: logging.Logger, rows: list[Mapping[str, Any]]) -> None:
+def log_requests(logger: logging.Logger, rows: list[Mapping[str, Any]] | list[Access]) -> None:
     """The access lines of several finished requests as one record: one write, one line each."""
     if rows and logger.isEnabledFor(logging.INFO):
         logger.info("request", extra={BATCH_ATTR: rows})

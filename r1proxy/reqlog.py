@@ -69,6 +69,10 @@ class RequestLog:
         """Queue several request rows as one batch."""
         self.db.submit_rows(insert_requests, [row_values(row) for row in rows], label=INSERT)
 
+    def record_values(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Queue request rows given as values in ``REQUEST_COLUMNS`` order (what the accounting builds)."""
+        self.db.submit_rows(insert_requests, list(rows), label=INSERT)
+
     def prune(self, older_than_ts: float) -> None:
         """Queue deletion of request rows logged before ``older_than_ts``."""
         self.db.submit(_PRUNE, (older_than_ts,))

@@ -225,3 +225,25 @@ def test_the_access_lines_fast_path_says_what_the_rules_say(pairs: list[tuple[st
     fields = dict(pairs)
     assert access_line(fields) == _rule_line(fields)
     assert access_line(fields) == _rule_line(fields)  # a cached piece reads the same the second time
+
+
+_TEXT = st.one_of(st.just(""), st.sampled_from(["HIT", "memory", "deepseek/deepseek-r1", "x y", SECRET,
+                                                f"Bearer {SECRET}", "x" * 300, "é", 'q"']), st.text(max_size=20))
+_FLOAT = st.one_of(st.floats(), st.integers(min_value=0, max_value=10**6).map(lambda n: n / 1000))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(_TEXT, _TEXT, _TEXT, st.integers(0, 999), _TEXT, _TEXT, _FLOAT, st.one_of(st.none(), _FLOAT),
+                 st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**8), _TEXT, _TEXT))
+def test_an_access_records_line_is_the_line_of_its_fields(values: tuple[Any, ...]) -> None:
+    """``Access.line`` keeps the text of repeating fields; it reads exactly as ``access_line`` of the
+    same fields (redaction, quoting, fields left out), in the plain formatter's batch as well."""
+    from r1proxy.logsetup import Access, PlainFormatter
+
+    a = Access(*values)
+    assert a.line() == access_line(a.fields())
+    assert a.line() == access_line(a.fields())  # from the kept text the second time
+    record = logging.LogRecord("r1proxy", logging.INFO, __file__, 1, "request", None, None)
+    record.r1proxy_batch = [a, a.fields()]
+    first, second = PlainFormatter().format(record).split("\n")
+    assert first == second
