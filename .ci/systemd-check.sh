@@ -267,6 +267,33 @@ limit=$(( $(prop r1proxy TimeoutStopUSec | sed 's/s$//') ))
 [ -z "$(prop r1proxy StatusText)" ] || die "the status text was not cleared after stop"
 ok "stop drained a slow stream: exit status 0 in $stop_s s (TimeoutStopSec=${limit}s), status text cleared"
 
+# --- server.workers = 2 under the same unit: systemd's stop signals every process of the unit at once --
+c systemctl reset-failed r1proxy
+printf '%s\n' "$GOOD_CFG" | sed 's/^workers = 1 /workers = 2 /' | c tee "$SYS_CFG" >/dev/null
+c grep -q '^workers = 2 ' "$SYS_CFG" || die "could not set workers = 2 in $SYS_CFG"
+c systemctl start r1proxy || { journal -u r1proxy -n 25 >&2; die "workers = 2: the start failed"; }
+[ "$(prop r1proxy ActiveState)" = active ] || die "workers = 2: not active after start"
+sup=$(prop r1proxy MainPID)
+kids() { c pgrep -P "$sup" | sort; }
+[ "$(kids | wc -l)" = 2 ] || die "workers = 2: the main process has $(kids | wc -l) children"
+[ "$(ask 4000 'check workers')" = MISS ] && [ "$(ask 4000 'check workers')" = HIT ] || die "workers: MISS then HIT"
+c systemctl reload r1proxy
+[ "$(prop r1proxy MainPID)" = "$sup" ] && [ "$(prop r1proxy ActiveState)" = active ] \
+  && [ "$(kids | wc -l)" = 2 ] || die "workers: reload restarted something"
+victim=$(kids | head -n1)
+c kill -s KILL "$victim"
+replaced() { [ "$(kids | wc -l)" = 2 ] && ! kids | grep -qx "$victim"; }
+wait_for 20 "a killed worker started again" replaced
+[ "$(prop r1proxy MainPID)" = "$sup" ] && [ "$(prop r1proxy ActiveState)" = active ] || die "workers: the unit restarted"
+[ "$(ask 4000 'check workers')" = HIT ] && [ "$(ask 4000 'check workers')" = HIT ] || die "workers: HIT after a worker restart"
+slow_stream 4000 'stop workers while streaming' "$WORK/stopw.out"
+c systemctl stop r1proxy
+ends_done "$WORK/stopw.out" || die "workers: the stream cut by stop did not end with [DONE]"
+[ "$(prop r1proxy Result)" = success ] && [ "$(prop r1proxy ExecMainStatus)" = 0 ] \
+  || die "workers: stop: Result=$(prop r1proxy Result) status=$(prop r1proxy ExecMainStatus)"
+ok "server.workers = 2: READY with both workers, MISS then HIT, reload in place, a killed worker restarted under the same main process, stop drained a stream with exit status 0"
+printf '%s\n' "$GOOD_CFG" | c tee "$SYS_CFG" >/dev/null
+
 c systemctl reset-failed r1proxy
 printf '%s\n[cache]\nnonsense = 1\n' "$GOOD_CFG" | c tee "$SYS_CFG" >/dev/null
 restarts=$(prop r1proxy NRestarts)
