@@ -4,6 +4,12 @@
 not UTF-8, not JSON, ``NaN``/``Infinity``/overflowing numbers (they would be forwarded as
 invalid JSON), lone UTF-16 surrogates (they cannot be encoded again), nesting deeper than
 ``MAX_DEPTH``. ``check_limits`` bounds the model id and the counts of messages and parts.
+
+A body is parsed by orjson first (on a miss this parse is on the way to the upstream call: ~20 us
+instead of ~95 us for a 20 KB Roo body): orjson refuses everything above except depth (checked
+after) and reads everything it accepts as ``json`` would, except integers beyond 64 bits, which
+it turns into floats; a body with a run of 19 digits, or one orjson refuses, goes through
+``json`` with the checks below, which also word the 400.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+
+import orjson
 
 from .errors import ProxyError, bad_request
 
@@ -36,7 +44,26 @@ def _float(text: str) -> float:
     return v
 
 
+# orjson reads an integer beyond 64 bits as a float: a body with a run of 19 digits (a long number, or
+# text that looks like one) is parsed by json. JSON numbers are ASCII digits (see jsonfast).
+_DIGITS = bytes.maketrans(b"0123456789", b"9" * 10)
+_LONG_RUN = b"9" * 19
+
+
 def loads(raw: bytes) -> Any:
+    if _LONG_RUN not in raw.translate(_DIGITS):
+        try:
+            doc = orjson.loads(raw)  # strict UTF-8; no NaN/Infinity, overflowing numbers or lone surrogates
+        except orjson.JSONDecodeError:
+            pass  # json below says what is wrong (or reads what orjson cannot, e.g. nesting past 1024)
+        else:
+            check_tree(doc, False)  # depth; a string orjson accepted is valid Unicode
+            return doc
+    return strict(raw)
+
+
+def strict(raw: bytes) -> Any:
+    """``loads`` through the standard library alone (the reference the orjson path must agree with)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
