@@ -5,6 +5,12 @@ is sent upstream: every field that can change the answer, including fields r1pro
 not know, minus a short list of known non-output fields. Normalisation is the cheap, safe
 half of semantic dedup: key order and spacing, text-only content arrays vs plain strings,
 CRLF vs LF, and user-configured volatile text (``cache.ignore_patterns``) masked.
+
+The canonical JSON is ``json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``;
+orjson writes the same bytes ~15x faster (a miss computes it before its upstream call) except for
+floats below 1e-4 (decimals where Python writes an exponent), integers beyond 64 bits (refused) and
+non-finite numbers (only a config can hold one: orjson writes ``null``, as it does in the body sent
+upstream), so those few bodies go through ``json``.
 """
 
 from __future__ import annotations
@@ -14,7 +20,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import xxhash
+
+from .. import jsonfast
 
 KEY_VERSION = "r1"
 SEMANTIC_VERSION = "r1s"  # semantic partition keys: never equal to an entry key
@@ -46,7 +55,7 @@ class KeyMaker:
         if partition:  # cache.share = "key": one key's answers are never another key's hits
             head["partition"] = partition
         doc["$r1proxy"] = head
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return canonical_json(doc)
 
     def key(self, canonical: bytes) -> str:
         return f"{KEY_VERSION}:{xxhash.xxh3_128_hexdigest(canonical)}"
@@ -101,10 +110,23 @@ class KeyMaker:
         return norm
 
 
+def canonical_json(doc: Any) -> bytes:
+    """Sorted-key compact JSON, exactly as ``json.dumps(sort_keys=True, ensure_ascii=False)`` spells it."""
+    try:
+        out = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits (or a type JSON has not)
+        out = b""
+    # a float below 1e-4 (orjson: 0.00001, json: 1e-05) is the only place orjson writes "0.0000"
+    # outside a string; inside one it only costs the slow path
+    if not out or b"0.0000" in out:
+        out = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return out
+
+
 def last_user_text(canonical: bytes) -> str:
     """The last user message of a (canonical or client) request body, as plain text."""
     try:
-        doc = json.loads(canonical)
+        doc = jsonfast.loads(canonical.decode())
         if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list):
             return ""
         for m in reversed(doc["messages"]):
