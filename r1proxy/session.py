@@ -7,7 +7,9 @@ unchanged: the model, the first system (or developer) message and the first othe
 their text (content-part shape and ``cache_control`` marks, which Roo moves from turn to turn,
 do not count). A continuation therefore inherits its conversation's id without any state here,
 and identical requests get identical ids. It goes only into the body sent upstream, never into
-the cache key, and a client's own ``session_id`` is kept.
+the cache key, and a client's own ``session_id`` is kept. The id hashes ``json.dumps(seed, sort_keys=True,
+ensure_ascii=False)``; the usual seed (strings, lists of strings) is spelled with orjson, byte for byte
+the same (a miss derives the id before its upstream call: ~70 us with json for Roo's 20 KB system prompt).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import xxhash
 
 from .config import UpstreamConfig
@@ -41,8 +44,30 @@ def derive(payload: dict[str, Any]) -> str | None:
     seed = [payload.get("model"),
             None if system is None else _text(system.get("content")),
             None if first is None else [first.get("role"), _text(first.get("content"))]]
-    digest = xxhash.xxh3_64_hexdigest(json.dumps(seed, sort_keys=True, ensure_ascii=False).encode())
-    return PREFIX + digest
+    try:
+        text = _plain_json(seed)
+    except _Other:
+        text = json.dumps(seed, sort_keys=True, ensure_ascii=False).encode()
+    return PREFIX + xxhash.xxh3_64_hexdigest(text)
+
+
+class _Other(Exception):
+    """A seed holding something other than strings, None and lists of them (e.g. an image part)."""
+
+
+def _plain_json(v: Any) -> bytes:
+    """``json.dumps(v, ensure_ascii=False).encode()`` for strings, None and lists of them (orjson escapes
+    strings exactly as json does with ensure_ascii=False); raises ``_Other`` for anything else."""
+    if type(v) is str:
+        try:
+            return orjson.dumps(v)
+        except TypeError:  # a lone surrogate
+            raise _Other from None
+    if v is None:
+        return b"null"
+    if type(v) is list:
+        return b"[" + b", ".join([_plain_json(x) for x in v]) + b"]"
+    raise _Other
 
 
 def with_session_id(payload: dict[str, Any], up: UpstreamConfig) -> dict[str, Any]:
