@@ -237,7 +237,7 @@ class Flight:
                 if asm.done:
                     continue  # read to the end (the connection is reused); nothing after [DONE] is relayed
                 before = len(self.items)
-                for ev in parser.feed(data):
+                for ev in parser.events(data):  # the first event is relayed before the rest is parsed
                     had = self.data_count
                     if self._event(ev, norm, up):
                         self.ended = self.data_count > 0 and self.error is None

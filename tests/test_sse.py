@@ -68,3 +68,23 @@ def test_secrets_are_masked_in_data_and_comments() -> None:
     redact.register(["sse-secret-0123456789"])
     (c, d) = SSEParser().feed(b": x sse-secret-0123456789\n\ndata: {\"m\":\"sse-secret-0123456789\"}\n\n")
     assert c.comment == f"x {redact.MASK}" and d.data == f'{{"m":"{redact.MASK}"}}'
+
+
+def test_events_yields_each_event_before_parsing_the_rest_of_the_read() -> None:
+    """A read that holds a whole burst: its first token is relayed before the rest is parsed (the
+    rest here would raise: an event over the cap)."""
+    p = SSEParser(max_event=64)
+    it = p.events(b'data: {"a":1}\n\n' + b"data: " + b"x" * 100 + b"\n\n")
+    first = next(it)
+    assert first.data == '{"a":1}'
+    with pytest.raises(EventTooLarge):
+        next(it)
+
+
+def test_events_and_feed_agree_however_the_bytes_are_split() -> None:
+    stream = b': c\r\n\r\ndata: {"a":1}\n\nevent: x\rdata: 2\r\ndata: 3\r\n\r\ndata: [DONE]\n\n'
+    for size in (1, 2, 3, 7, len(stream)):
+        a, b = SSEParser(), SSEParser()
+        got_a = [e for i in range(0, len(stream), size) for e in a.feed(stream[i:i + size])]
+        got_b = [e for i in range(0, len(stream), size) for e in b.events(stream[i:i + size])]
+        assert got_a == got_b and [e.data for e in got_b] == [None, '{"a":1}', "2\n3", "[DONE]"]
