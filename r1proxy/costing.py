@@ -109,10 +109,11 @@ class Costing:
         """The money of one finished request (see the module docstring)."""
         if not (usage.prompt or usage.completion or usage.cost_reported):
             return NO_MONEY
-        price = self.price(upstream, model)
+        # a price is looked up only for a figure computed from it (figures runs for every request)
+        price: Price | None = None
         if usage.cost_reported:
             value, source = usage.cost, REPORTED
-        elif price is not None:
+        elif (price := self.price(upstream, model)) is not None:
             value, source = cost_of(price, usage.prompt, usage.completion, usage.cached, usage.cache_write), COMPUTED
         else:
             value, source = 0.0, ""
@@ -121,6 +122,8 @@ class Costing:
         if usage.cache_discount is not None:
             prefix, prefix_source = usage.cache_discount, REPORTED
         elif usage.cached:
+            if price is None and usage.cost_reported:
+                price = self.price(upstream, model)
             prefix = prefix_saving(price, usage.cached) if price is not None else 0.0
             prefix_source = COMPUTED
         else:

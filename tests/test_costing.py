@@ -196,3 +196,31 @@ async def test_a_leader_that_leaves_still_pays_for_the_answer_finished_for_the_c
     db = client.app[STORE_KEY].db
     (usd,) = await db.fetchone("SELECT SUM(usd) FROM key_usage") or (0.0,)
     assert usd == pytest.approx(bill["total_cost"])  # and against the key's daily budget
+
+
+def test_a_reported_cost_needs_no_price_lookup() -> None:
+    """A hit (or a call) whose upstream reported its cost is priced by that figure: no price is looked
+    up for it (figures runs for every finished request). A computed cost or prefix saving still is."""
+    from r1proxy.config import build_config
+    from r1proxy.costing import COMPUTED, REPORTED, Costing
+    from r1proxy.prices import Price
+    from r1proxy.usage import Usage
+
+    costing = Costing(build_config({}, env={}))
+    looked: list[tuple[str, str]] = []
+
+    def lookup(upstream: str, model: str) -> Price | None:
+        looked.append((upstream, model))
+        return Price(1e-6, 2e-6, 5e-7, None)
+
+    costing.price = lookup  # type: ignore[method-assign]
+    reported = Usage(prompt=100, completion=10, cost=0.25, cost_reported=True)
+    assert costing.figures("HIT", reported, "openrouter", "m").saved == 0.25
+    assert costing.figures("MISS", reported, "openrouter", "m").source == REPORTED
+    assert costing.figures("MISS", Usage(prompt=100, cost=0.25, cost_reported=True, cache_discount=0.01),
+                           "openrouter", "m").prefix_saved == 0.01
+    assert looked == []
+    assert costing.figures("HIT", Usage(prompt=100, completion=10), "openrouter", "m").source == COMPUTED
+    cached = costing.figures("MISS", Usage(prompt=100, cost=0.25, cost_reported=True, cached=40), "openrouter", "m")
+    assert cached.prefix_saved == pytest.approx(40 * (1e-6 - 5e-7)) and cached.source == REPORTED
+    assert looked == [("openrouter", "m")] * 2
