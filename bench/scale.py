@@ -119,7 +119,8 @@ def _measure(servers: Servers, report: Report, fake: Server, state: Path, db: Pa
                    note=f"max {max(st):.1f}"))
     report.add(Row(f"[{label}] /metrics, ms", f"{med(me):.1f}", target="≤ 20 ms", verdict=verdict(med(me) <= 20),
                    note=f"max {max(me):.1f}"))
-    for path, what in (("/ui/api/overview", "dashboard overview data"), ("/ui", "dashboard overview page")):
+    for path, what in (("/ui/api/overview", "dashboard overview data"), ("/ui", "dashboard overview page"),
+                       ("/ui/cache", "dashboard cache page")):
         ui = _ms(s.port, path)
         report.add(Row(f"[{label}] {what} ({path}), ms", f"{med(ui):.1f}", target="≤ 20 ms",
                        verdict=verdict(med(ui) <= 20), note=f"max {max(ui):.1f}"))

@@ -15,6 +15,7 @@ import pytest
 from r1proxy.appkeys import GATEWAY_KEY, STORE_KEY
 from r1proxy.migrations import MIGRATIONS, applied, migrate
 from r1proxy.rollups import insert_requests, row_values
+from r1proxy.ui import data as ui_data
 from r1proxy.ui.access import CSP, local_host
 from r1proxy.ui.assets import ASSETS, own_gzip_bytes
 from r1proxy.ui.data import RequestFilter, UiData
@@ -229,6 +230,42 @@ async def test_request_browser_filters_and_keyset_pages(tmp_path: Any) -> None:
         assert [r["id"] for r in got] == sorted(want, reverse=True)
         assert [r["id"] for r in data.requests(RequestFilter(status="4xx"), None, 100)[0]] == [8]
         assert [r["id"] for r in data.requests(RequestFilter(since=1010, until=1012), None, 100)[0]] == [12, 11]
+    finally:
+        await data.close()
+
+
+async def test_cache_page_queries_read_an_index_not_the_whole_table(tmp_path: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Cache page at a million entries: its top entries (all, or one model's) and its model list
+    must come from an index in order, never a scan of cache_entries or a sort of it (#17)."""
+    conn = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    migrate(conn)
+    rows = [(f"key{i:03d}", "m-big" if i % 10 else "m-small", 1000.0 + i, None if i % 3 else 2000.0 + i, i % 7)
+            for i in range(200)]
+    conn.executemany("INSERT INTO cache_entries (key, model, created_at, last_hit_at, hits) VALUES (?, ?, ?, ?, ?)",
+                     rows)
+    conn.close()
+    data = UiData(tmp_path / "r.db")
+    seen: list[str] = []
+    try:
+        await data.call(lambda: data._db().set_trace_callback(seen.append))
+        want = sorted(rows, key=lambda r: (r[4], r[3] if r[3] is not None else r[2]), reverse=True)
+        top = await data.call(data.cache_entries, 100)
+        assert [e["key"] for e in top] == [r[0] for r in want[:100]]
+        small = await data.call(data.cache_entries, 5, "m-small")
+        assert [e["key"] for e in small] == [r[0] for r in want if r[1] == "m-small"][:5]
+        models = await data.call(data.cache_models)
+        assert models == [("m-big", 180), ("m-small", 20)]
+        await data.call(lambda: data._db().set_trace_callback(None))
+        monkeypatch.setattr(ui_data, "MODEL_COUNT_CAP", 50)  # past the cap: counted to cap + 1, no further
+        assert await data.call(data.cache_models) == [("m-big", 51), ("m-small", 20)]
+        plans = {sql: " | ".join(r[3] for r in await data.call(
+            lambda q=sql: data._db().execute("EXPLAIN QUERY PLAN " + q, [None] * q.count("?")).fetchall()))
+            for sql in seen if "cache_entries" in sql}
+        assert len(plans) == 5, plans  # all, one model, the models, each model's count (values inlined)
+        for sql, plan in plans.items():
+            assert "TEMP B-TREE" not in plan, (sql, plan)
+            assert all("INDEX" in step for step in plan.split(" | ") if "cache_entries" in step), (sql, plan)
     finally:
         await data.close()
 

@@ -154,3 +154,12 @@ def m053_requests_daily(conn: sqlite3.Connection) -> None:
     conn.execute(f"INSERT INTO requests_daily (day, alias, cache, tier, {cols}) "
                  f"SELECT hour / 86400 * 86400, alias, cache, tier, {', '.join(f'SUM({c})' for c, _ in ROLLUP_TERMS)} "
                  "FROM requests_hourly GROUP BY 1, 2, 3, 4")
+
+
+@migration
+def m054_cache_top_index(conn: sqlite3.Connection) -> None:
+    # The Cache page lists the top entries by hits, then by last use (or creation, never hit): this
+    # index gives them in order, read backwards, with the model alongside so one model's top entries
+    # need no table lookup to be filtered. Without it, 1M entries meant a scan and a sort: 1.4 s.
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_cache_entries_top "
+                 "ON cache_entries(hits, COALESCE(last_hit_at, created_at), model)")

@@ -17,9 +17,14 @@ from r1proxy.cache import CacheEntry, NullCache, TieredCache
 from r1proxy.cache.purge import PurgeFilter
 from r1proxy.config import parse_duration
 from r1proxy.ui import html
+from r1proxy.ui.data import MODEL_COUNT_CAP
 from r1proxy.ui.state import csrf, now, respond, see_other, ui_state
 
 SHOWN = 100
+
+
+def _count(n: int) -> str:
+    return f"more than {html.num(MODEL_COUNT_CAP)}" if n > MODEL_COUNT_CAP else html.num(n)
 
 
 def _preview(e: dict[str, Any]) -> str:
@@ -57,7 +62,7 @@ async def cache_page(request: web.Request) -> web.Response:
         notice = f'<p class="notice" role="status">Purged {n} entr{"y" if n == 1 else "ies"}.</p>'
     elif request.query.get("error"):
         notice = f'<p class="error">{html.esc(request.query["error"])}</p>'
-    options = "".join(f'<option value="{html.esc(m)}">{html.esc(m or "(none)")} ({html.num(n)})</option>'
+    options = "".join(f'<option value="{html.esc(m)}">{html.esc(m or "(none)")} ({_count(n)})</option>'
                       for m, n in models)
     actions = (f'<div class="actions"><form method="post" action="/ui/cache/purge">{html.csrf_field(token)}'
                '<input type="hidden" name="what" value="model"><label>Purge every entry of model '

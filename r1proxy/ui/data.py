@@ -64,6 +64,12 @@ LIST_COLUMNS = ("id", "ts", "key_name", "alias", "upstream_model", "cache", "tie
                 "latency_ms", "ttfb_ms", "prompt_tokens", "completion_tokens", "cost", "cost_saved", "stream")
 DETAIL_COLUMNS = (*LIST_COLUMNS, "request_id", "route", "reasoning_tokens", "request_bytes", "response_bytes",
                   "generation_id", "cache_key", "prompt")
+MODEL_COUNT_CAP = 10_000
+# Distinct models by hopping along idx_cache_entries_model: one seek per model.
+_DISTINCT_MODELS = ("WITH RECURSIVE m(model) AS (SELECT MIN(model) FROM cache_entries UNION ALL "
+                    "SELECT (SELECT MIN(model) FROM cache_entries WHERE model > m.model) FROM m "
+                    "WHERE m.model IS NOT NULL) SELECT model FROM m WHERE model IS NOT NULL")
+_MODEL_COUNT = "SELECT COUNT(*) FROM (SELECT 1 FROM cache_entries WHERE model = ? LIMIT ?)"
 CACHE_COLUMNS = ("key", "model", "created_at", "last_hit_at", "hits", "expires_at", "stored_bytes", "raw_bytes",
                  "preview_user", "preview_answer")
 
@@ -269,14 +275,20 @@ class UiData:
     # -- cache --------------------------------------------------------------------------------
 
     def cache_entries(self, limit: int, model: str = "") -> list[dict[str, Any]]:
-        where, params = ("WHERE model = ?", [model]) if model else ("", [])
-        rows = self._all(f"SELECT {', '.join(CACHE_COLUMNS)} FROM cache_entries {where} "
-                         "ORDER BY hits DESC, COALESCE(last_hit_at, created_at) DESC LIMIT ?", (*params, limit))
+        # In the order of idx_cache_entries_top (m054); "+model" keeps the planner on that index
+        # instead of the model index plus a sort of every entry of a large model.
+        where, params = ("WHERE +model = ?", [model]) if model else ("", [])
+        rows = self._all(f"SELECT {', '.join(CACHE_COLUMNS)} FROM cache_entries INDEXED BY idx_cache_entries_top "
+                         f"{where} ORDER BY hits DESC, COALESCE(last_hit_at, created_at) DESC LIMIT ?",
+                         (*params, limit))
         return [dict(zip(CACHE_COLUMNS, r, strict=True)) for r in rows]
 
     def cache_models(self) -> list[tuple[str, int]]:
-        return [(m or "", n) for m, n in self._all("SELECT model, COUNT(*) FROM cache_entries GROUP BY model "
-                                                   "ORDER BY model")]
+        """Each model with entries, and how many (counted up to MODEL_COUNT_CAP + 1: past the cap
+        the page says "more than"). One index seek per model, never a scan of every entry."""
+        models = [r[0] for r in self._all(_DISTINCT_MODELS)]
+        cap = MODEL_COUNT_CAP
+        return [(m, self._all(_MODEL_COUNT, (m, cap + 1))[0][0]) for m in models]
 
     def cache_keys(self, model: str | None, created_before: float | None) -> list[str]:
         """Keys on disk matching a purge by model and/or age (for tiers that can only delete by key)."""
