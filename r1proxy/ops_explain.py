@@ -3,7 +3,7 @@
 The request is the last logged miss whose canonical request is stored (``--last``), a logged
 request by id (``--request-id``), or a client body (stdin, or ``explain_body`` for the dashboard),
 turned into its canonical form exactly as the gateway does (alias templates, then the cache key's
-normalisation). Candidates are the most recently used stored requests for the same model. The
+normalisation). Candidates are the newest stored requests for the same model. The
 comparison itself is ``explain.py``.
 """
 
@@ -24,12 +24,14 @@ from .routing import pass_through
 from .rules import BYPASS, MISS
 from .templates import prepare
 
-CANDIDATES = 500  # stored requests compared, most recently used first
+CANDIDATES = 500  # stored requests compared, newest first
 
 _LAST_MISSES = ("SELECT request_id, cache_key FROM requests WHERE cache IN (?, ?) AND COALESCE(cache_key, '') != '' "
                 "ORDER BY id DESC LIMIT 200")
 _BY_ID = "SELECT cache_key FROM requests WHERE request_id = ? AND COALESCE(cache_key, '') != '' ORDER BY id DESC"
-_SAME_MODEL = "SELECT key FROM cache_entries WHERE model = ? ORDER BY COALESCE(last_hit_at, created_at) DESC LIMIT ?"
+# The newest entries of the model (rowid follows insertion), read in order from the model index:
+# "most recently used" meant sorting every entry of the model (2.3 s at 1M entries).
+_SAME_MODEL = "SELECT key FROM cache_entries WHERE model = ? ORDER BY rowid DESC LIMIT ?"
 
 
 class ExplainError(Exception):
