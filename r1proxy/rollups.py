@@ -41,8 +41,10 @@ INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
 # A batch goes in as multi-row INSERTs of up to CHUNK rows (fewer if SQLite allows fewer parameters):
 # one statement step per chunk, where executemany stepped once per row, and the writer thread gave
 # the GIL up and took it back from the event loop on every step. Chunks are powers of two, so a
-# handful of statements of each size stay in the connection's statement cache.
-CHUNK = 256
+# handful of statements of each size stay in the connection's statement cache. Binding a chunk's
+# parameters holds the GIL (the event loop waits meanwhile): 64 rows bind in well under 0.1 ms and
+# cost the writer about what 256 do (5.05 vs 4.98 us per row in batches of 1024, in a loop).
+CHUNK = 64
 _VALUES = f"({', '.join('?' * len(REQUEST_COLUMNS))})"
 
 

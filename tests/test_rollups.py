@@ -126,7 +126,7 @@ def test_a_batch_is_a_few_multi_row_inserts_not_one_per_row() -> None:
     rows = [row_values({"ts": T0 + i, "request_id": f"r{i}", "cache": ("HIT", "MISS")[i % 2]}) for i in range(300)]
     assert insert_requests(conn, rows) == 300
     conn.set_trace_callback(None)
-    assert len([s for s in steps if s.startswith("INSERT INTO requests ")]) <= 4
+    assert len([s for s in steps if s.startswith("INSERT INTO requests ")]) <= 8
     assert [r for (r,) in conn.execute("SELECT request_id FROM requests ORDER BY id")] == [f"r{i}" for i in range(300)]
     assert insert_requests(conn, []) == 0
     assert conn.execute("SELECT COUNT(*) FROM requests").fetchone() == (300,)
