@@ -116,6 +116,15 @@ async def follow_json(rec: RequestRecord, flight: Flight, mode: str,
     return web.Response(body=body, headers=headers, content_type="application/json")
 
 
+class _HeadersWithFirstWrite(web.StreamResponse):
+    """A stream whose status line and headers wait for its first write: aiohttp then sends both in one
+    ``send`` (the client gets its first frame in the same segment as the headers, not one wake-up later).
+    Only for a stream opened with a frame ready to write at once; if a later aiohttp drops this switch,
+    headers are simply sent when prepared, as before."""
+
+    _send_headers_immediately = False
+
+
 class StreamFollower:
     """Relays a flight to one SSE client: early headers and keep-alives while the upstream is
     quiet, frames as they come (a late joiner first gets what was emitted so far), then the end:
@@ -144,13 +153,14 @@ class StreamFollower:
                 raise
             return self.resp
 
-    async def _open(self) -> web.StreamResponse:
+    async def _open(self, *, writing: bool = False) -> web.StreamResponse:
+        """Prepare the client's stream; ``writing``: a write follows at once, so the headers go out with it."""
         self.rec.route = self.flight.outcome.route  # known once upstream answered (not for early headers)
         follows_remote(self.rec, self.flight)
         headers = headers_for(self.rec)
         headers.update(self.flight.headers)
         headers.update(sse.SSE_HEADERS)
-        resp = web.StreamResponse(status=200, headers=headers)
+        resp = (_HeadersWithFirstWrite if writing else web.StreamResponse)(status=200, headers=headers)
         cors_headers(self.request, resp)  # before prepare: no on_response_prepare hook does it (edge.py)
         await resp.prepare(self.request)
         self.resp = resp
@@ -187,7 +197,9 @@ class StreamFollower:
         early_at = loop_time() + self.timing.early_headers_s
         while True:
             if self.resp is None and (flight.started or (flight.finished and flight.result is not None)):
-                await self._open()
+                # frames ready (or an answer to replay, or the end): the headers go out with them; an
+                # upstream that answered but is quiet still gets its headers at once, as Roo wants
+                await self._open(writing=self.sent < len(flight.items) or flight.finished)
             if flight.ended and self.resp is not None:
                 return  # what is left goes out with [DONE], in one write
             if self.resp is not None and self.sent < len(flight.items):
@@ -198,7 +210,8 @@ class StreamFollower:
             if self.resp is None:
                 timeout = max(0.0, early_at - loop_time())
                 if timeout <= 0:
-                    await self._open()  # headers now: Node's fetch gives up after 300 s without them
+                    # headers now: Node's fetch gives up after 300 s without them
+                    await self._open(writing=True)
                     await self._write(sse.KEEPALIVE)
                     continue
             else:

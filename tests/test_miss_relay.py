@@ -61,3 +61,31 @@ async def test_an_error_event_then_done_ends_with_the_error(proxy: Any, fake_ser
     text = await r.text()
     assert "data: [DONE]" not in data_lines(text)
     assert "Provider disconnected" in chunks_of(text)[-1]["error"]["message"]
+
+
+async def test_the_headers_go_out_with_the_first_frame_when_it_is_ready(
+        proxy: Any, fake_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upstream headers and data in one read (a burst): the client's status line, headers and first
+    frame leave in one send, not two (one wake-up of the client fewer before its first token)."""
+    from aiohttp.http_writer import StreamWriter
+
+    sends: list[bytes] = []
+    write, writelines = StreamWriter._write, StreamWriter._writelines
+
+    def record(self: StreamWriter, chunk: Any) -> None:
+        sends.append(bytes(chunk))
+        write(self, chunk)
+
+    def record_lines(self: StreamWriter, chunks: Any) -> None:
+        chunks = list(chunks)
+        sends.append(b"".join(bytes(c) for c in chunks))
+        writelines(self, chunks)
+
+    monkeypatch.setattr(StreamWriter, "_write", record)
+    monkeypatch.setattr(StreamWriter, "_writelines", record_lines)
+    fake_server.script(Script(raw_stream=sse(CHUNK, END, b"[DONE]")))
+    client = await proxy()
+    r = await client.post("/chat/completions", json=chat(stream=True), headers=AUTH)
+    assert assemble(chunks_of(await r.text()))["content"] == "Hello"
+    ours = [s for s in sends if b"X-Cache: MISS" in s]
+    assert len(ours) == 1 and b"data: {" in ours[0]
