@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .cache import TieredCache
 from .clock import Clock
 from .config import Config
-from .costing import Costing
+from .costing import Costing, Money
 from .logsetup import Access, log_requests
 from .metrics import Metrics
 from .ratelimit import KeyLimiter
@@ -156,7 +156,13 @@ class Accounting:
             self._pruned_at = now  # hourly: the request log keeps log_retention worth of rows
             self.reqlog.prune(now - self.config.server.log_retention)
         delta: dict[str, list[float]] = {}
-        logged = [out for ctx in pending if (out := self._account(ctx, day, delta)) is not None]
+        money: dict[tuple[Any, ...], tuple[str, Money]] = {}
+        logged = [out for ctx in pending if (out := self._account(ctx, day, delta, money)) is not None]
+        for name, (reqs, tokens, usd) in delta.items():  # today's usage per key, for limits and budgets
+            totals = self.usage.setdefault((name, day), [0, 0, 0.0])
+            totals[0] += reqs
+            totals[1] += tokens
+            totals[2] += usd
         rows = [row for row, _ in logged]
         if self.reqlog is not None and (rows or delta):
             for name, (reqs, tokens, usd) in delta.items():
@@ -172,17 +178,22 @@ class Accounting:
         elif self._log_handle is None and (self._log_rows or self._log_usage):
             self._log_handle = asyncio.get_running_loop().call_later(LOG_DELAY_S, self.write_log)
 
-    def _account(self, ctx: RequestRecord, day: str,
-                 usage_delta: dict[str, list[float]]) -> tuple[tuple[Any, ...], Access] | None:
-        """Metrics, costing and key usage of one finished request; its request-log row and access line
-        (None with ``server.log_requests = false``)."""
+    def _account(self, ctx: RequestRecord, day: str, usage_delta: dict[str, list[float]],
+                 money_memo: dict[tuple[Any, ...], tuple[str, Money]]) -> tuple[tuple[Any, ...], Access] | None:
+        """Metrics, costing and key usage (``usage_delta``) of one finished request; its request-log row
+        and access line (None with ``server.log_requests = false``). ``money_memo`` keeps a batch's
+        figures per (route, alias, model, outcome, usage): the hits of one entry share one."""
         latency = ctx.latency
         usage = ctx.usage
         prompt, completion, reasoning = usage.prompt, usage.completion, usage.reasoning
         from_cache = served_from_cache(ctx.cache)
         # spent $0 when served from cache (a coalesced follower's answer was paid by its leader)
-        upstream, model = self.costing.where(ctx.route, ctx.alias, ctx.upstream_model)
-        money = self.costing.figures(ctx.cache, usage, upstream, model)
+        memo_key = (ctx.route, ctx.alias, ctx.upstream_model, ctx.cache, id(usage))  # usage: alive all batch
+        known = money_memo.get(memo_key)
+        if known is None:
+            upstream, model = self.costing.where(ctx.route, ctx.alias, ctx.upstream_model)
+            known = money_memo[memo_key] = (upstream, self.costing.figures(ctx.cache, usage, upstream, model))
+        upstream, money = known
         cost, saved = money.spent, money.saved
         m = self.metrics
         m.request_done(ctx.alias or "-", ctx.status, ctx.cache, latency, ctx.ttfb, ctx.stream)
@@ -201,11 +212,12 @@ class Accounting:
             m.upstream_error(attempt.route, attempt.kind)
         tokens = 0 if from_cache else prompt + completion
         if ctx.key_name:
-            for totals in (self.usage.setdefault((ctx.key_name, day), [0, 0, 0.0]),
-                           usage_delta.setdefault(ctx.key_name, [0, 0, 0.0])):
-                totals[0] += 1
-                totals[1] += tokens
-                totals[2] += cost
+            totals = usage_delta.get(ctx.key_name)
+            if totals is None:
+                totals = usage_delta[ctx.key_name] = [0, 0, 0.0]
+            totals[0] += 1
+            totals[1] += tokens
+            totals[2] += cost
             self.limiter.add_day_usage(ctx.key_name, day, 1, tokens, cost)  # shared between workers
             if tokens:
                 self.limiter.add_tokens(ctx.key_name, tokens)

@@ -178,3 +178,31 @@ def test_a_request_log_row_holds_every_column_of_the_record() -> None:
     line = Access("rid", "kn", "al", 502, MISS, "ti", 45.679, 12.346, 11, 22, 8, "ro", "et")
     assert access_line(line.fields()) == ("request_id=rid key_name=kn model=al status=502 cache=MISS tier=ti "
                                           "ms=45.679 ttfb_ms=12.346 tokens=11/22 bytes=8 route=ro error=et")
+
+
+def test_a_batch_prices_the_hits_of_one_entry_once() -> None:
+    """Hits of one entry share its Usage: a batch works their money out once (figures runs per
+    distinct request shape, not per request); every row and total is what it was per request."""
+    from r1proxy.rules import utc_day
+    from r1proxy.usage import Usage
+
+    log = _Log()
+    acc = _accounting(log)
+    calls: list[Any] = []
+    figures = acc.costing.figures
+
+    def counted(*args: Any) -> Any:
+        calls.append(args)
+        return figures(*args)
+
+    acc.costing.figures = counted
+    usage, other = (Usage(prompt=10, completion=5, cost=c, cost_reported=True) for c in (0.01, 0.02))
+    pending = [_hit(i) for i in range(33)]
+    for i, rec in enumerate(pending):
+        rec.usage = other if i == 32 else usage
+    acc._pending = pending
+    acc.flush()
+    assert len(calls) == 2
+    assert [row[17] for row in log.rows] == [0.01] * 32 + [0.02]  # cost_saved, per row
+    assert acc.usage[("local", utc_day(time.time()))] == [33, 0, 0.0]
+    assert acc.metrics.snapshot()["usd_saved"] == round(32 * 0.01 + 0.02, 6)
