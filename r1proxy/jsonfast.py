@@ -36,9 +36,11 @@ def dumps(obj: Any) -> bytes:
         return _ENCODER.encode(obj).encode()
 
 
-def loads(text: str) -> Any:
-    """Parsed JSON; raises ``ValueError`` (or ``RecursionError``) as ``json.loads`` does."""
-    if _LONG_RUN not in text.encode("utf-8", "surrogatepass").translate(_DIGITS):
+def loads(text: str | bytes) -> Any:
+    """Parsed JSON (of a text, or of UTF-8 bytes); raises ``ValueError`` (or ``RecursionError``) as
+    ``json.loads`` does."""
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    if _LONG_RUN not in raw.translate(_DIGITS):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

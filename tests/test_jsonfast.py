@@ -75,3 +75,20 @@ def test_integers_beyond_64_bits_keep_every_digit(n: int) -> None:
     text = json.dumps({"usage": {"id": n}, "x": [n, "٣" * 20]})  # non-ASCII digits are not a JSON number
     assert jsonfast.loads(text) == json.loads(text)
     assert jsonfast.loads(text)["usage"]["id"] == n
+
+
+@pytest.mark.parametrize("text", ['{"a": NaN}', "[Infinity, -Infinity]", '{"n": 123456789012345678901234567890}',
+                                  '"\\ud800"', '{"a": 1, "a": 2}', "[1.5e308]", '{"s": "caf\u00e9 \u2028"}'])
+def test_loads_reads_utf8_bytes_as_json_does(text: str) -> None:
+    """A stored answer is parsed from its decompressed bytes (cache/sqlite.py), without decoding first."""
+    raw = text.encode()
+    got, want = jsonfast.loads(raw), json.loads(raw)
+    assert repr(got) == repr(want) or (isinstance(got, dict) and math.isnan(got["a"]) and math.isnan(want["a"]))
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[1,]", b'"\xff"', b'{"a": "\xc3"}'])
+def test_loads_rejects_bytes_json_rejects(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        json.loads(raw)
+    with pytest.raises(ValueError):
+        jsonfast.loads(raw)

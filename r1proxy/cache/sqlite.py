@@ -29,6 +29,7 @@ from typing import Any
 
 import zstandard
 
+from r1proxy import jsonfast
 from r1proxy.cache.entry import CacheEntry, TierStats
 from r1proxy.cache.zdict import Compression, UnknownDictionary
 from r1proxy.db import Database
@@ -374,7 +375,7 @@ class SqliteTier:
          completion_tokens, reasoning_tokens, cost, raw_bytes, _stored, preview_user,
          preview_answer, dict_id, body, request) = row
         raw_body = self.compression.decompress_body(body, dict_id or 0)
-        completion = json.loads(raw_body)
+        completion = jsonfast.loads(raw_body)
         if not isinstance(completion, dict):
             raise TypeError("stored completion is not a JSON object")
         if request is None:  # not loaded: what is held is the answer alone
