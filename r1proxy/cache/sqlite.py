@@ -31,7 +31,7 @@ import zstandard
 
 from r1proxy import jsonfast
 from r1proxy.cache.entry import CacheEntry, TierStats
-from r1proxy.cache.zdict import Compression, UnknownDictionary
+from r1proxy.cache.zdict import Compression, ThreadCompressors, UnknownDictionary
 from r1proxy.db import Database
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,8 @@ class SqliteTier:
         self.evicted = 0
         self._clock = clock
         self.compression = compression or Compression(level, db)
+        self._writer_zstd = ThreadCompressors(self.compression)  # used on the writer thread only
+        self._put_rows = self._write_puts  # one object: the writer merges a run of puts into one call
         self._puts_since_evict = 0
         self._evicting: asyncio.Task[int] | None = None
         self._pending: dict[str, tuple[CacheEntry, int]] = {}  # put, row maybe not committed yet (write seq)
@@ -180,7 +182,9 @@ class SqliteTier:
         """Queue an upsert; returns without waiting for the disk."""
         if self.disabled:
             return
-        seq = self.db.submit(_PUT, self._encode(entry))
+        # encoded and compressed on the writer thread, in queue order (~0.3 ms of the event loop per
+        # answer otherwise, right after [DONE], where the next request lands)
+        seq = self.db.submit_rows(self._put_rows, [(entry,)], label=_PUT)
         self._pending[entry.key] = (entry, seq)
         self._touches.pop(entry.key, None)  # the row is replaced, hits and all (as if they were written first)
         if self._settling is None or self._settling.done():
@@ -360,15 +364,21 @@ class SqliteTier:
             log.warning("cache eviction failed: %s", e)
             return 0
 
+    def _write_puts(self, conn: sqlite3.Connection, rows: list[Any]) -> int:
+        """On the writer thread, inside its batch: the upserts of queued puts (``put``)."""
+        cur = conn.executemany(_PUT, [self._encode(e) for (e,) in rows])
+        n = cur.rowcount
+        cur.close()
+        return n
+
     def _encode(self, e: CacheEntry) -> tuple[Any, ...]:
+        """The row of an entry; on the writer thread (its own compressors)."""
         raw_body = json.dumps(e.completion, ensure_ascii=False, separators=(",", ":")).encode()
-        c = self.compression
-        body = c.compress_body(raw_body)
-        request = c.compress_request(e.request) if e.request else b""
+        dict_id, body, request = self._writer_zstd.compress(raw_body, e.request)
         return (e.key, e.namespace, e.model, e.created_at, e.last_hit_at or e.created_at, e.hits,
                 e.expires_at, e.prompt_tokens, e.completion_tokens, e.reasoning_tokens, e.cost,
                 len(raw_body) + len(e.request), len(body) + len(request), e.preview_user,
-                e.preview_answer, c.current, body, request)
+                e.preview_answer, dict_id, body, request)
 
     def _decode(self, row: Any) -> CacheEntry:
         (key, namespace, model, created_at, last_hit_at, hits, expires_at, prompt_tokens,

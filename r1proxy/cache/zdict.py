@@ -114,6 +114,40 @@ class Compression:
         return s.dreq if request else s.dbody
 
 
+class ThreadCompressors:
+    """Compressors for one other thread (the database writer): a ``ZstdCompressor`` must not be used by
+    two threads at once, so this thread gets its own, built from ``compression``'s current set on first
+    use. Reads ``compression.current`` (an int, set after its set was added) and nothing it mutates."""
+
+    def __init__(self, compression: Compression) -> None:
+        self.compression = compression
+        self._by_id: dict[int, tuple[Any, Any]] = {}
+
+    def compress(self, raw_body: bytes, raw_request: bytes) -> tuple[int, bytes, bytes]:
+        """(dictionary set id, compressed body, compressed request or b"")."""
+        c = self.compression
+        dict_id = c.current
+        pair = self._by_id.get(dict_id)
+        if pair is None:
+            s = c._sets.get(dict_id)
+            if s is None:  # no set by that id here (none trained): plain zstd, as Compression does
+                dict_id = 0
+                pair = self._by_id.get(0)
+            if pair is None:
+                pair = self._by_id[dict_id] = _compressors(s if dict_id else None, c.level)
+        cbody, creq = pair
+        return dict_id, cbody.compress(raw_body), creq.compress(raw_request) if raw_request else b""
+
+
+def _compressors(s: _Set | None, level: int) -> tuple[Any, Any]:
+    if s is None:
+        plain = zstandard.ZstdCompressor(level=level)
+        return plain, plain
+    bd = zstandard.ZstdCompressionDict(s.body)
+    rd = zstandard.ZstdCompressionDict(s.request) if s.request else bd
+    return (zstandard.ZstdCompressor(level=level, dict_data=bd), zstandard.ZstdCompressor(level=level, dict_data=rd))
+
+
 def pack(body: bytes, request: bytes) -> bytes:
     return _PACK.pack(_MAGIC, len(body)) + body + request
 
