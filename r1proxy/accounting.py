@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("r1proxy")
 
 DELAY_S = 0.05
-BATCH = 32
+BATCH = 8  # 32 paused the loop ~0.26 ms every 32nd hit at one connection (its p99); 2 costs more per hit
 LOG_DELAY_S = 0.25  # request-log rows reach the writer at most this long after their accounting batch
 
 
