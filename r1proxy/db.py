@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 
@@ -36,9 +36,9 @@ from r1proxy.dbfile import (
     is_busy,
     is_corrupt,
     move_aside,
+    point_reader,
     prepare,
 )
-from r1proxy.pointread import PointReader
 from r1proxy.storage import WriteHealth, file_id
 
 __all__ = ["Database", "DatabaseLocked", "DatabaseUnavailable", "move_aside"]
@@ -51,7 +51,6 @@ BATCH_INTERVAL_S = 0.01
 # Writes a batch of parameter rows itself (on the writer thread, inside the batch's transaction);
 # returns a rowcount. For writes that are more than one statement, e.g. rollups.insert_requests.
 RowsWriter = Callable[[sqlite3.Connection, list[Params]], int]
-_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -88,7 +87,7 @@ class Database:
         self._busy_ms = 5000
         self._ident = file_id(path)
         self._closed = False
-        self._point: PointReader | None = None
+        self._point: sqlite3.Connection | None = None
         self._seq = 0  # writes queued so far
         self._written = 0  # the highest sequence number the writer has finished
         self._progress = asyncio.Event()  # set (and replaced) after every batch
@@ -144,7 +143,7 @@ class Database:
         db = cls(path, conn, pool, reader, batch_size=batch_size)
         db.recovered_from = moved
         db._busy_ms = busy_timeout_ms
-        db._point = PointReader(path)
+        db._point = point_reader(path)
         return db
 
     @property
@@ -176,6 +175,8 @@ class Database:
         return False
 
     async def _reopen(self) -> None:
+        loop = asyncio.get_running_loop()
+
         def swap_writer() -> None:  # on the writer thread, between batches
             try:
                 self._conn.close()
@@ -191,11 +192,12 @@ class Database:
                 prepare(self.path, self._busy_ms, False, False)
             self._conn = connect_writer(self.path, self._busy_ms)
 
-        await self._on_writer(swap_writer)
+        await loop.run_in_executor(self._pool, swap_writer)
         old, self._reader = self._reader, await connect_reader(self.path, self._busy_ms)
         await old.close()
         if self._point is not None:
-            self._point.reopen(self.path)
+            self._point.close()
+        self._point = point_reader(self.path)
         self._ident = file_id(self.path)
 
     async def _watch_loop(self) -> None:
@@ -204,7 +206,8 @@ class Database:
             try:
                 await self.check_file()
                 if self._errors.full:  # a WAL that filled the disk keeps it full: give the space back
-                    await self._on_writer(self._conn.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._pool, self._conn.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
             except (sqlite3.Error, OSError, DatabaseUnavailable) as e:
                 log.debug("database check: %s", e)
 
@@ -269,16 +272,10 @@ class Database:
         Such a lookup costs tens of microseconds in SQLite's C code; a trip to the reader thread
         (queue, future, loop wake-up) costs several times that. WAL readers never wait for the
         writer, and busy_timeout bounds the rare wait on a checkpoint. Only for single-row reads.
-        Consecutive reads share one read snapshot until anything is committed (pointread.py).
         """
         if self._point is None:
             raise RuntimeError(f"{self.path}: database is closed")
-        return self._point.fetchone(sql, params)
-
-    @property
-    def in_read_snapshot(self) -> bool:
-        """Whether the point reads hold a read snapshot right now (pointread.py)."""
-        return self._point is not None and self._point.in_snapshot
+        return self._point.execute(sql, params).fetchone()
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         """All rows of a query, fetched in one trip to the database thread."""
@@ -299,7 +296,7 @@ class Database:
             pass
         loop = asyncio.get_running_loop()
         try:
-            await self._on_writer(self._conn.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+            await loop.run_in_executor(self._pool, self._conn.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as e:
             log.warning("%s: WAL checkpoint at close failed: %s", self.path, e)
         if self._point is not None:
@@ -356,7 +353,7 @@ class Database:
 
     async def _run_batch(self, batch: list[_Op]) -> None:
         ops = self._coalesce(batch)
-        outcomes = await self._on_writer(self._write, batch, ops)
+        outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, self._write, batch, ops)
         for op, count, error in outcomes:
             if error is not None:
                 self._errors.failed(error, op.sql)
@@ -364,13 +361,6 @@ class Database:
             else:
                 self._errors.succeeded(op.sql)
                 self._resolve(op, count=count)
-
-    async def _on_writer(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """``fn(*args)`` on the writer thread; the point reader holds no snapshot meanwhile (pointread.py)."""
-        if self._point is None:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        with self._point.writing():
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def _write(self, batch: list[_Op], ops: list[_Op]) -> list[tuple[_Op, int, sqlite3.Error | None]]:
         """On the writer thread: the batch as one transaction; (op, rowcount, error) for each op."""
