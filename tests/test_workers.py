@@ -78,32 +78,6 @@ async def test_two_workers_share_the_port_the_cache_and_a_keys_rpm(tmp_path: Pat
     assert not Path(tmp_path / "state" / "r1proxy.db.open").exists()  # a clean stop
 
 
-async def test_a_killed_worker_is_started_again(tmp_path: Path, fake_server: Any) -> None:
-    port = unused_port()
-    p = Proc(tmp_path, config(tmp_path, fake_server.base_url, port, rpm=0), port)
-    await p.start()
-    try:
-        assert p.proc is not None
-        children = Path(f"/proc/{p.proc.pid}/task/{p.proc.pid}/children")
-        if not children.exists():
-            pytest.skip("no /proc/PID/task/PID/children on this kernel")
-        workers = [int(x) for x in children.read_text().split()]
-        assert len(workers) == 2
-        os.kill(workers[0], signal.SIGKILL)
-        for _ in range(200):
-            now = [int(x) for x in children.read_text().split()]
-            if workers[0] not in now and len(now) >= 2:
-                break
-            await asyncio.sleep(0.05)
-        assert workers[0] not in now and len(now) >= 2
-        for i in range(6):  # new connections: some reach the new worker
-            status, _, _ = await post(p.url("/chat/completions"), f"after the restart {i}")
-            assert status == 200
-    finally:
-        code, err = await p.stop()
-    assert code == 0, err
-
-
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     if not path.exists():
@@ -111,14 +85,33 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in path.read_text().split()]
 
 
-async def _restarted(pid: int, killed: int) -> list[int]:
-    """The supervisor's children once ``killed`` is gone and a new worker has been forked."""
-    for _ in range(5000):
+async def _replace_a_worker(pid: int) -> list[int]:
+    """SIGKILL the supervisor ``pid``'s first worker; the worker(s) forked in its place, as soon as
+    they exist (still starting)."""
+    before = _children(pid)
+    os.kill(before[0], signal.SIGKILL)
+    for _ in range(10000):  # ≥ 10 s
         now = _children(pid)
-        if killed not in now and len(now) >= 2:
-            return now
+        if before[0] not in now and len(now) >= 2:
+            return [w for w in now if w not in before]
         await asyncio.sleep(0.001)
-    raise AssertionError(f"worker {killed} was not replaced: {now}")
+    raise AssertionError(f"worker {before[0]} was not replaced: {now}")
+
+
+async def test_a_killed_worker_is_started_again(tmp_path: Path, fake_server: Any) -> None:
+    port = unused_port()
+    p = Proc(tmp_path, config(tmp_path, fake_server.base_url, port, rpm=0), port)
+    await p.start()
+    try:
+        assert p.proc is not None
+        assert len(_children(p.proc.pid)) == 2
+        await _replace_a_worker(p.proc.pid)
+        for i in range(6):  # new connections: some reach the new worker
+            status, _, _ = await post(p.url("/chat/completions"), f"after the restart {i}")
+            assert status == 200
+    finally:
+        code, err = await p.stop()
+    assert code == 0, err
 
 
 async def test_a_stop_while_a_worker_is_still_starting_is_a_clean_stop(tmp_path: Path, fake_server: Any) -> None:
@@ -130,9 +123,7 @@ async def test_a_stop_while_a_worker_is_still_starting_is_a_clean_stop(tmp_path:
     await p.start()
     try:
         assert p.proc is not None
-        workers = _children(p.proc.pid)
-        os.kill(workers[0], signal.SIGKILL)
-        new = [w for w in await _restarted(p.proc.pid, workers[0]) if w not in workers]
+        new = await _replace_a_worker(p.proc.pid)
         p.term()
         for _ in range(3000):  # SIGTERM the new worker all through its start, as systemd's stop does once
             try:
@@ -155,9 +146,7 @@ async def test_a_reload_while_a_worker_is_still_starting_does_not_kill_it(tmp_pa
     await p.start()
     try:
         assert p.proc is not None
-        workers = _children(p.proc.pid)
-        os.kill(workers[0], signal.SIGKILL)
-        new = [w for w in await _restarted(p.proc.pid, workers[0]) if w not in workers]
+        new = await _replace_a_worker(p.proc.pid)
         for _ in range(300):  # SIGHUP the new worker all through its start
             for w in new:
                 os.kill(w, signal.SIGHUP)
@@ -181,9 +170,7 @@ async def test_a_worker_started_after_a_reload_serves_the_reloaded_keys(tmp_path
         await p.wait_for("RELOADING=1", 10)
         await asyncio.sleep(0.5)  # both workers have reloaded
         for _ in range(2):  # replace both workers: neither has seen the SIGHUP
-            first = _children(p.proc.pid)[0]
-            os.kill(first, signal.SIGKILL)
-            await _restarted(p.proc.pid, first)
+            await _replace_a_worker(p.proc.pid)
         statuses: list[int] = []
         for i in range(200):  # new connections: the kernel spreads them over the listening workers
             try:
