@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from .errors import ProxyError, bad_request
+from .jsonfast import long_digit_run
 
 MAX_DEPTH = 64
 MAX_MODEL_CHARS = 256
@@ -44,14 +45,10 @@ def _float(text: str) -> float:
     return v
 
 
-# orjson reads an integer beyond 64 bits as a float: a body with a run of 19 digits (a long number, or
-# text that looks like one) is parsed by json. JSON numbers are ASCII digits (see jsonfast).
-_DIGITS = bytes.maketrans(b"0123456789", b"9" * 10)
-_LONG_RUN = b"9" * 19
-
-
 def loads(raw: bytes) -> Any:
-    if _LONG_RUN not in raw.translate(_DIGITS):
+    # orjson reads an integer beyond 64 bits as a float: a body with a run of 19 digits (a long
+    # number, or text that looks like one) is parsed by json (jsonfast.long_digit_run).
+    if not long_digit_run(raw):
         try:
             doc = orjson.loads(raw)  # strict UTF-8; no NaN/Infinity, overflowing numbers or lone surrogates
         except orjson.JSONDecodeError:

@@ -36,11 +36,16 @@ def dumps(obj: Any) -> bytes:
         return _ENCODER.encode(obj).encode()
 
 
+def long_digit_run(raw: bytes) -> bool:
+    """Whether ``raw`` holds 19 ASCII digits in a row (where orjson and json may read a number apart)."""
+    return _LONG_RUN in raw.translate(_DIGITS)
+
+
 def loads(text: str | bytes) -> Any:
     """Parsed JSON (of a text, or of UTF-8 bytes); raises ``ValueError`` (or ``RecursionError``) as
     ``json.loads`` does."""
     raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
-    if _LONG_RUN not in raw.translate(_DIGITS):
+    if not long_digit_run(raw):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
